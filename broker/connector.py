@@ -1,0 +1,130 @@
+"""The connector boundary: what the broker asks of any backend that can host a lab.
+
+Shaped like JupyterHub's Spawner, but synchronous (the backend SDKs are) and called only from rq workers.
+Only the standard library is used here, so connectors depend on nothing of the broker's internals.
+A `Handle` is an opaque JSON-able dict: the broker stores it with the lab and hands it back unread.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Mapping
+
+Handle = dict[str, Any]
+
+
+class ObservedState(str, enum.Enum):
+    """What a backend says its object for a lab is doing."""
+
+    PENDING = "pending"
+    READY = "ready"
+    SUSPENDED = "suspended"
+    GONE = "gone"
+    ERROR = "error"
+
+
+class Capability(str, enum.Enum):
+    """Optional abilities a connector declares; the broker adapts to them."""
+
+    SUSPEND = "suspend"
+    GPU = "gpu"
+    SNAPSHOT = "snapshot"
+    MULTI_HOST = "multi_host"
+
+
+@dataclass(frozen=True)
+class LabSpec:
+    """Everything a connector needs to create one lab; `lab_id` is the idempotency key."""
+
+    lab_id: int
+    image: str
+    owner: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """The name every connector gives its backend object, so `list_managed` can find it again."""
+        return f"labdesk-lab-{self.lab_id}"
+
+
+@dataclass(frozen=True)
+class Observation:
+    """A connector's answer to "how is this lab?": state, progress in percent and a human message."""
+
+    state: ObservedState
+    progress: int = 0
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class DesktopEndpoint:
+    """Where guacd connects for this lab. Holds credentials: never sent to a browser."""
+
+    protocol: str
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = None
+    name: str = "main"
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ManagedObject:
+    """An object a backend holds for LabDesk, as found by `list_managed` (for orphan sweeps)."""
+
+    lab_id: int
+    handle: Handle
+
+
+class Connector(abc.ABC):
+    """A backend that hosts labs. Subclasses are registered under the `labdesk.connectors` entry point.
+
+    `config` holds the backend's settings with its credentials already decrypted; a connector keeps them
+    in memory only. Every method may raise the errors of `broker.errors`; `observe` and `delete` treat
+    "already gone" as a normal answer, never as an error.
+    """
+
+    capabilities: ClassVar[frozenset[Capability]] = frozenset()
+
+    def __init__(self, name: str, config: Mapping[str, Any]) -> None:
+        self.name = name
+        self.config = dict(config)
+
+    @abc.abstractmethod
+    def provision(self, spec: LabSpec) -> Handle:
+        """Find or create the lab's backend object; calling it twice for one lab creates one object."""
+
+    @abc.abstractmethod
+    def observe(self, handle: Handle) -> Observation:
+        """Report the object's state; GONE when it no longer exists."""
+
+    @abc.abstractmethod
+    def suspend(self, handle: Handle) -> None:
+        """Start suspending; `observe` reports SUSPENDED once done. Raises `Unsupported` without SUSPEND."""
+
+    @abc.abstractmethod
+    def resume(self, handle: Handle) -> None:
+        """Start resuming a suspended object; `observe` reports READY once done."""
+
+    @abc.abstractmethod
+    def delete(self, handle: Handle) -> None:
+        """Delete the object and everything it holds; an object already gone is a success."""
+
+    @abc.abstractmethod
+    def endpoints(self, handle: Handle) -> list[DesktopEndpoint]:
+        """Where to connect to a READY lab: one entry per host, the first being the default."""
+
+    @abc.abstractmethod
+    def list_managed(self) -> list[ManagedObject]:
+        """Every object this backend holds for LabDesk, for the reconciler."""
+
+    def available(self) -> bool:
+        """Whether the backend answers at all (for /healthz and `backends check`)."""
+        return True
+
+    def endpoint(self, handle: Handle) -> DesktopEndpoint:
+        """The default endpoint of a lab."""
+        return self.endpoints(handle)[0]

@@ -1,0 +1,1 @@
+"""Connector plugins: each sub-package drives one kind of backend behind `broker.connector.Connector`."""
