@@ -1,0 +1,64 @@
+"""The composition root: the only place that wires Flask, the broker, LTI and the web pages together.
+
+`create_app(settings)` builds the web application; `cli` is the `labdesk` command (a Flask CLI group over
+`create_app`, so every command sees the same validated settings and runtime as the web).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import click
+from flask import Flask
+from flask.cli import FlaskGroup
+
+from broker import runtime
+from broker.cli import COMMANDS
+from broker.config import Settings, load_settings
+from broker.errors import ConfigError
+from broker.runtime import Runtime
+from broker.secrets import secret_key
+from web.api import api
+from web.errors import register_error_pages
+from web.health import health
+from web.pages import pages
+
+
+def create_app(settings: Settings | None = None, rt: Runtime | None = None) -> Flask:
+    """Build the web application from validated settings (read from the environment when omitted)."""
+    settings = settings or load_settings()
+    rt = rt or Runtime(settings)
+    runtime.install(rt)
+    app = Flask("web", static_folder="static", template_folder="templates")
+    app.config.update(
+        SECRET_KEY=secret_key(settings),
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=settings.public_url.startswith("https://"),
+    )
+    app.extensions["labdesk"] = rt
+    for blueprint in (pages, api, health):
+        app.register_blueprint(blueprint)
+    register_error_pages(app)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return app
+
+
+def _create_for_cli() -> Flask:
+    try:
+        return create_app()
+    except ConfigError as exc:
+        raise click.ClickException(f"configuration: {exc}") from None
+
+
+@click.group(cls=FlaskGroup, create_app=_create_for_cli, add_default_commands=False, add_version_option=False)
+def cli() -> None:
+    """LabDesk: remote lab desktops for learners."""
+
+
+for _command in COMMANDS:
+    cli.add_command(_command)
+
+
+if __name__ == "__main__":
+    cli()

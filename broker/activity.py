@@ -1,0 +1,80 @@
+"""Learner presence: keepalives and "I left" signals, absorbed by Redis and folded into the database.
+
+The lab page posts a keepalive every 30 s per open lab; at thousands of learners that is far too many
+writes for the database, so each one is a single ZADD into one sorted set (member = lab id, score = the
+time, negative for "the learner left"). The suspend sweep folds the set into `labs.idle_deadline`
+in one batch just before it looks for idle labs.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from redis import Redis
+from redis.exceptions import RedisError
+from sqlalchemy import bindparam, select, update
+from sqlalchemy.orm import Session
+
+from broker.clock import utcnow
+from broker.errors import ServiceUnavailable
+from broker.models import Activity, Lab
+
+SEEN_KEY = "labdesk:seen"
+EPOCH = datetime(1970, 1, 1)
+LIVE = ("requested", "provisioning", "running", "resuming")
+
+
+def record_keepalive(redis: Redis, lab_id: int, now: datetime | None = None) -> None:
+    """The learner is at the lab page now."""
+    _record(redis, lab_id, _epoch(now or utcnow()))
+
+
+def record_leave(redis: Redis, lab_id: int, now: datetime | None = None) -> None:
+    """The learner closed the page or was disconnected for inactivity: suspend soon."""
+    _record(redis, lab_id, -_epoch(now or utcnow()))
+
+
+def _record(redis: Redis, lab_id: int, score: float) -> None:
+    try:
+        redis.zadd(SEEN_KEY, {str(lab_id): score})
+    except RedisError as exc:
+        raise ServiceUnavailable(f"cannot record activity: {exc}") from exc
+
+
+def flush(redis: Redis, session: Session, leave_grace: int) -> int:
+    """Move pending presence signals into the labs table; returns how many labs were updated."""
+    with redis.pipeline(transaction=True) as pipe:
+        pipe.zrange(SEEN_KEY, 0, -1, withscores=True)
+        pipe.delete(SEEN_KEY)
+        entries, _ = pipe.execute()
+    if not entries:
+        return 0
+    signals = {int(member): score for member, score in entries}
+    idle_after = dict(
+        session.execute(
+            select(Lab.id, Activity.idle_suspend_after)
+            .join(Activity, Lab.activity_id == Activity.id)
+            .where(Lab.id.in_(list(signals)), Lab.state.in_(LIVE))
+        ).all()
+    )
+    rows = [_row(lab_id, signals[lab_id], idle, leave_grace) for lab_id, idle in idle_after.items()]
+    if rows:
+        statement = (
+            update(Lab.__table__)
+            .where(Lab.__table__.c.id == bindparam("lab_id"))
+            .values(last_active_at=bindparam("seen"), idle_deadline=bindparam("until"))
+        )
+        session.connection().execute(statement, rows)
+    session.commit()
+    return len(rows)
+
+
+def _row(lab_id: int, score: float, idle_after: int, leave_grace: int) -> dict[str, object]:
+    seen = EPOCH + timedelta(seconds=abs(score))
+    grace = leave_grace if score < 0 else idle_after
+    return {"lab_id": lab_id, "seen": seen, "until": seen + timedelta(seconds=grace)}
+
+
+def _epoch(moment: datetime) -> float:
+    """Seconds since the epoch of a naive UTC time."""
+    return (moment - EPOCH).total_seconds()

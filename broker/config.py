@@ -1,0 +1,152 @@
+"""Typed settings, read from a TOML file and `LABDESK_*` environment variables, checked at start.
+
+Precedence: built-in defaults < the TOML file (`LABDESK_CONFIG`, else `./labdesk.toml` if present) <
+environment variables (`LABDESK_<KEY>` upper-cased). Anything invalid stops the start with a message that
+names the key and says what was expected, so an admin never meets a half-configured broker at run time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+from broker.errors import ConfigError
+
+ENV_PREFIX = "LABDESK_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting LabDesk reads. Durations are seconds unless the name says otherwise."""
+
+    data_dir: str = "var"
+    database_url: str = ""  # empty: SQLite file in data_dir
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    secret_key: str = ""  # empty: generated once into data_dir
+    encryption_keys: tuple[str, ...] = ()  # Fernet keys, newest first; empty: generated into data_dir
+    public_url: str = "http://127.0.0.1:8000"
+    dev_login: bool = True
+    default_backend: str = "local"
+    # Idle economics (defaults for new activities; each activity may override).
+    keepalive_interval: int = 30
+    idle_suspend_after: int = 120
+    leave_grace: int = 20
+    page_idle_disconnect: int = 240
+    reap_after_days: int = 14
+    # Sweeps.
+    sweep_interval: int = 15
+    reap_interval: int = 3600
+    reconcile_interval: int = 300
+    health_interval: int = 60
+    orphan_grace: int = 600
+    sweep_batch: int = 5000
+    # How long a lab may stay in an in-progress state before the deadline sweep acts.
+    requested_deadline: int = 600
+    provisioning_deadline: int = 900
+    suspending_deadline: int = 300
+    resuming_deadline: int = 300
+    deleting_deadline: int = 600
+    max_recoveries: int = 2
+    poll_interval: int = 2
+    max_transient_retries: int = 8
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """The database URL, defaulting to a SQLite file in the data directory."""
+        return self.database_url or f"sqlite:///{Path(self.data_dir).resolve() / 'labdesk.sqlite3'}"
+
+
+_POSITIVE = {f.name for f in fields(Settings) if f.type == "int"}
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build validated settings from defaults, the TOML file, the environment and explicit overrides."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    config_path = path or environ.get(f"{ENV_PREFIX}CONFIG")
+    if config_path is None and Path("labdesk.toml").exists():
+        config_path = "labdesk.toml"
+    if config_path:
+        values.update(_read_toml(Path(config_path)))
+    values.update(_from_environ(environ))
+    values.update(overrides or {})
+    return _build(values)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    return {key: (value, f"{path}: {key}") for key, value in data.items()}
+
+
+def _from_environ(environ: Mapping[str, str]) -> dict[str, Any]:
+    known = {f.name for f in fields(Settings)}
+    found: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == f"{ENV_PREFIX}CONFIG":
+            continue
+        key = name[len(ENV_PREFIX):].lower()
+        if key in known:
+            found[key] = (raw, name)
+    return found
+
+
+def _build(values: Mapping[str, Any]) -> Settings:
+    known = {f.name: f for f in fields(Settings)}
+    converted: dict[str, Any] = {}
+    for key, entry in values.items():
+        value, origin = entry if isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[1], str) else (entry, key)
+        if key not in known:
+            raise ConfigError(f"{origin}: unknown setting '{key}'")
+        converted[key] = _convert(known[key], value, origin)
+    return dataclasses.replace(Settings(), **converted)
+
+
+def _convert(spec: dataclasses.Field[Any], value: Any, origin: str) -> Any:
+    """Coerce one value to its field's type, or raise ConfigError naming where it came from."""
+    kind = spec.type
+    try:
+        if kind == "int":
+            if isinstance(value, bool):
+                raise ValueError
+            number = int(value)
+            if number <= 0 and spec.name in _POSITIVE:
+                raise ValueError
+            return number
+        if kind == "bool":
+            return _to_bool(value)
+        if kind == "tuple[str, ...]":
+            items = value.split(",") if isinstance(value, str) else list(value)
+            return tuple(str(item).strip() for item in items if str(item).strip())
+        if kind == "str":
+            if not isinstance(value, str):
+                raise ValueError
+            return value
+        return value
+    except (TypeError, ValueError):
+        expected = {"int": "a positive whole number", "bool": "true or false"}.get(kind, kind)
+        raise ConfigError(f"{origin}: expected {expected}, got {value!r}") from None
+
+
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(value)

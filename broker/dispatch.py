@@ -1,0 +1,69 @@
+"""Putting jobs on queues. Production uses rq on Redis; the cost simulation swaps in its own dispatcher.
+
+Job ids are derived from what the job is for (lab, state, moment of the transition), so enqueueing
+the same work twice, from a double click or a re-run sweep, leaves one job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+from redis import Redis
+from rq import Queue
+from rq.exceptions import DuplicateJobError
+
+DEFAULT_QUEUE = "labdesk-default"
+JOB_TIMEOUT = 600
+FAILURE_TTL = 7 * 24 * 3600
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """One job to enqueue: where, under which id, and what to call with which primitive arguments."""
+
+    queue: str
+    job_id: str
+    func: Callable[..., Any]
+    args: tuple[Any, ...] = ()
+
+
+class Dispatcher(Protocol):
+    def enqueue(self, request: JobRequest) -> bool:
+        """Enqueue unless a job with that id already exists; True if this call enqueued it."""
+
+    def enqueue_many(self, requests: list[JobRequest]) -> None:
+        """Enqueue many jobs in one round trip (their ids must already be unique)."""
+
+
+class RQDispatcher:
+    """Enqueues on rq queues. Finished jobs keep no result, so an id is free again once its job is done."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+
+    def enqueue(self, request: JobRequest) -> bool:
+        try:
+            self._queue(request.queue).enqueue_call(
+                request.func, args=request.args, **self._options(request), unique=True
+            )
+        except DuplicateJobError:
+            return False
+        return True
+
+    def enqueue_many(self, requests: list[JobRequest]) -> None:
+        by_queue: dict[str, list[JobRequest]] = {}
+        for request in requests:
+            by_queue.setdefault(request.queue, []).append(request)
+        with self.redis.pipeline() as pipe:
+            for name, batch in by_queue.items():
+                data = [Queue.prepare_data(r.func, args=r.args, **self._options(r)) for r in batch]
+                self._queue(name).enqueue_many(data, pipeline=pipe)
+            pipe.execute()
+
+    def _queue(self, name: str) -> Queue:
+        return Queue(name, connection=self.redis)
+
+    @staticmethod
+    def _options(request: JobRequest) -> dict[str, Any]:
+        return dict(job_id=request.job_id, result_ttl=0, failure_ttl=FAILURE_TTL, timeout=JOB_TIMEOUT)

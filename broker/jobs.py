@@ -1,0 +1,145 @@
+"""rq entry points. Each takes primitive ids only and finds everything else through `broker.runtime`.
+
+One job drives one lab through one in-progress state: it asks the backend once for the state's
+operation, then observes; while the backend is still busy it returns rq's `Retry` (the worker's
+scheduler runs it again later) instead of sleeping in a loop and holding a worker.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+
+from rq import Retry, get_current_job
+from sqlalchemy.orm import Session
+
+from broker import runtime
+from broker.clock import utcnow
+from broker.connector import Connector, LabSpec, ObservedState
+from broker.dispatch import JobRequest
+from broker.errors import CapacityError, ConnectorError, TransientError
+from broker.lifecycle import LabState, Move, transition
+from broker.models import Lab
+
+log = logging.getLogger(__name__)
+S = LabState
+POLL_FOREVER = 1_000_000  # the deadline sweep, not rq, bounds how long a lab may stay in progress
+
+
+@dataclass(frozen=True)
+class Step:
+    """What driving a lab out of an in-progress state means: the backend call, and what ends it."""
+
+    call: str
+    want: ObservedState
+    next: LabState
+
+
+STEPS: dict[LabState, Step] = {
+    S.PROVISIONING: Step("provision", ObservedState.READY, S.RUNNING),
+    S.SUSPENDING: Step("suspend", ObservedState.SUSPENDED, S.SUSPENDED),
+    S.RESUMING: Step("resume", ObservedState.READY, S.RUNNING),
+    S.DELETING: Step("delete", ObservedState.GONE, S.DELETED),
+}
+
+
+# A job enqueued for a requested lab goes on to drive its provisioning.
+_DRIVES = {state: {state.value} for state in S} | {S.REQUESTED: {S.REQUESTED.value, S.PROVISIONING.value}}
+
+
+def job_request(lab: Lab, queue: str) -> JobRequest:
+    """The job that drives `lab` out of its current state; its id is unique to this very transition."""
+    stamp = int(lab.state_changed_at.timestamp() * 1000)
+    job_id = f"lab-{lab.id}-{lab.state}-{stamp}-{lab.recoveries}"
+    return JobRequest(queue, job_id, advance_lab, (lab.id, lab.state))
+
+
+def advance_lab(lab_id: int, state: str) -> Retry | None:
+    """Drive lab `lab_id` out of `state`; a stale job (the lab has moved on) does nothing."""
+    rt = runtime.current()
+    with rt.session() as session:
+        lab = session.get(Lab, lab_id)
+        if lab is None or lab.state not in _DRIVES[S(state)]:
+            return None  # stale: the lab has moved on since this job was enqueued
+        if lab.state == S.REQUESTED:
+            if not transition(session, rt.settings, lab_id, S.REQUESTED, S.PROVISIONING, _move("worker picked it up")):
+                return None
+            session.refresh(lab)
+        step = STEPS.get(S(lab.state))
+        if step is None:
+            return None
+        try:
+            return _drive(session, lab, step, rt.connector(lab.backend))
+        except TransientError as exc:
+            return _back_off(session, lab, exc)
+        except CapacityError as exc:
+            return _back_off(session, lab, exc, minimum=30)
+        except ConnectorError as exc:
+            _fail(session, lab, exc.user_message, str(exc))
+            return None
+
+
+def _drive(session: Session, lab: Lab, step: Step, connector: Connector) -> Retry | None:
+    rt = runtime.current()
+    if lab.backend_call != step.call:
+        _call_backend(session, lab, step, connector)
+    if lab.handle is None:  # deleting a lab that never reached its backend
+        return _finish(session, lab, step)
+    seen = connector.observe(lab.handle)
+    if seen.state == step.want:
+        return _finish(session, lab, step)
+    if seen.state in (ObservedState.ERROR, ObservedState.GONE):
+        _fail(session, lab, "The lab machine stopped unexpectedly. Reset the lab to start again.", seen.message)
+        return None
+    lab.progress, lab.message = seen.progress, seen.message[:500]
+    session.commit()
+    return Retry(max=POLL_FOREVER, interval=rt.settings.poll_interval)
+
+
+def _call_backend(session: Session, lab: Lab, step: Step, connector: Connector) -> None:
+    """Issue the state's backend operation once, remembering that it was issued."""
+    if step.call == "provision":
+        spec = LabSpec(lab_id=lab.id, image=lab.activity.image.slug, owner=lab.user.subject, params=lab.activity.image.spec)
+        lab.handle = connector.provision(spec)
+    elif lab.handle is not None:
+        getattr(connector, step.call)(lab.handle)
+    lab.backend_call = step.call
+    session.commit()
+
+
+def _finish(session: Session, lab: Lab, step: Step) -> None:
+    rt = runtime.current()
+    fields = {"progress": 100, "message": ""}
+    if step.next == S.RUNNING:
+        now = utcnow()
+        fields.update(last_active_at=now, idle_deadline=now + timedelta(seconds=lab.activity.idle_suspend_after))
+    transition(session, rt.settings, lab.id, S(lab.state), step.next, _move(f"backend reports {step.want.value}"), **fields)
+    return None
+
+
+def _back_off(session: Session, lab: Lab, exc: ConnectorError, minimum: int = 1) -> Retry | None:
+    """Retry a passing fault later, doubling the wait; give up (lab failed) after too many in a row."""
+    rt = runtime.current()
+    job = get_current_job()
+    failures = int(job.meta.get("transient_failures", 0)) + 1 if job else 1
+    if job:
+        job.meta["transient_failures"] = failures
+        job.save_meta()
+    log.warning("lab %s: %s (attempt %s)", lab.id, exc, failures)
+    if failures > rt.settings.max_transient_retries:
+        _fail(session, lab, exc.user_message, f"gave up after {failures} attempts: {exc}")
+        return None
+    lab.message = exc.user_message[:500]
+    session.commit()
+    return Retry(max=POLL_FOREVER, interval=max(minimum, min(2**failures, 300)))
+
+
+def _fail(session: Session, lab: Lab, user_message: str, reason: str) -> None:
+    rt = runtime.current()
+    transition(session, rt.settings, lab.id, S(lab.state), S.FAILED, _move(reason), message=user_message[:500])
+
+
+def _move(reason: str) -> Move:
+    job = get_current_job()
+    return Move(reason=reason, actor="worker", job_id=job.id if job else None)

@@ -1,0 +1,177 @@
+"""The database schema as typed SQLAlchemy 2.0 models.
+
+Times are naive UTC everywhere (SQLite keeps no zone); `broker.clock.utcnow` makes them.
+A learner has at most one *live* lab per activity, enforced by a partial unique index, so a
+double-clicked launch can never create two.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from broker.clock import utcnow
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# States in which a lab no longer counts as the learner's lab for its activity.
+ENDED_STATES = ("failed", "deleting", "deleted")
+_LIVE = text("state NOT IN ('failed', 'deleting', 'deleted')")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {dict[str, Any]: JSON}
+
+
+class User(Base):
+    """A person, as identified by an LMS (issuer + subject) or the development sign-in."""
+
+    __tablename__ = "users"
+    __table_args__ = (UniqueConstraint("issuer", "subject"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    issuer: Mapped[str] = mapped_column(String(255))
+    subject: Mapped[str] = mapped_column(String(255))
+    name: Mapped[str] = mapped_column(String(255), default="")
+    email: Mapped[str] = mapped_column(String(255), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Course(Base):
+    """An LMS context (course) in which activities are placed."""
+
+    __tablename__ = "courses"
+    __table_args__ = (UniqueConstraint("issuer", "context_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    issuer: Mapped[str] = mapped_column(String(255))
+    context_id: Mapped[str] = mapped_column(String(255))
+    title: Mapped[str] = mapped_column(String(255), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Backend(Base):
+    """A registered connector instance. `secrets` holds its credentials, encrypted (see broker.secrets)."""
+
+    __tablename__ = "backends"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    kind: Mapped[str] = mapped_column(String(64))
+    config: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    secrets: Mapped[bytes | None] = mapped_column(LargeBinary)
+    enabled: Mapped[bool] = mapped_column(default=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    @property
+    def queue_name(self) -> str:
+        """Each backend has its own queue, so a slow cloud never delays labs on another backend."""
+        return f"labdesk-backend-{self.name}"
+
+
+class Image(Base):
+    """A catalogue entry: what a lab looks like, per backend. Versions are kept side by side."""
+
+    __tablename__ = "images"
+    __table_args__ = (UniqueConstraint("slug", "version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    slug: Mapped[str] = mapped_column(String(128))
+    version: Mapped[int] = mapped_column(default=1)
+    title: Mapped[str] = mapped_column(String(255))
+    description: Mapped[str] = mapped_column(Text, default="")
+    protocol: Mapped[str] = mapped_column(String(16), default="vnc")
+    spec: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Activity(Base):
+    """A lab definition placed in a course (an LTI resource link), with its idle economics."""
+
+    __tablename__ = "activities"
+    __table_args__ = (UniqueConstraint("course_id", "resource_link_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    course_id: Mapped[int] = mapped_column(ForeignKey("courses.id"))
+    resource_link_id: Mapped[str] = mapped_column(String(255))
+    title: Mapped[str] = mapped_column(String(255))
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id"))
+    backend_id: Mapped[int] = mapped_column(ForeignKey("backends.id"))
+    idle_suspend_after: Mapped[int] = mapped_column(default=120)
+    keepalive_interval: Mapped[int] = mapped_column(default=30)
+    reap_after_days: Mapped[int] = mapped_column(default=14)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    course: Mapped[Course] = relationship()
+    image: Mapped[Image] = relationship()
+    backend: Mapped[Backend] = relationship()
+
+
+class Lab(Base):
+    """One learner's lab for one activity, and where it is in its life (see broker.lifecycle)."""
+
+    __tablename__ = "labs"
+    __table_args__ = (
+        Index("uq_labs_live", "user_id", "activity_id", unique=True, postgresql_where=_LIVE, sqlite_where=_LIVE),
+        Index("ix_labs_state_idle_deadline", "state", "idle_deadline"),
+        Index("ix_labs_state_deadline", "state", "deadline"),
+        Index("ix_labs_state_last_active_at", "state", "last_active_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    activity_id: Mapped[int] = mapped_column(ForeignKey("activities.id"))
+    backend_id: Mapped[int] = mapped_column(ForeignKey("backends.id"))
+    state: Mapped[str] = mapped_column(String(16), default="requested")
+    handle: Mapped[dict[str, Any] | None] = mapped_column()
+    progress: Mapped[int] = mapped_column(default=0)
+    message: Mapped[str] = mapped_column(String(500), default="")
+    deadline: Mapped[datetime | None] = mapped_column()
+    backend_call: Mapped[str | None] = mapped_column(String(16))
+    recoveries: Mapped[int] = mapped_column(Integer, default=0)
+    gone_since: Mapped[datetime | None] = mapped_column()
+    last_active_at: Mapped[datetime] = mapped_column(default=utcnow)
+    idle_deadline: Mapped[datetime | None] = mapped_column()
+    state_changed_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    user: Mapped[User] = relationship()
+    activity: Mapped[Activity] = relationship()
+    backend: Mapped[Backend] = relationship()
+
+
+class LabEvent(Base):
+    """Append-only audit of every state change: who moved the lab, why, from which job."""
+
+    __tablename__ = "lab_events"
+    __table_args__ = (Index("ix_lab_events_lab_id_at", "lab_id", "at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    lab_id: Mapped[int] = mapped_column(ForeignKey("labs.id"))
+    from_state: Mapped[str] = mapped_column(String(16))
+    to_state: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(String(500), default="")
+    actor: Mapped[str] = mapped_column(String(255), default="system")
+    job_id: Mapped[str | None] = mapped_column(String(255))
+    at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,0 +1,274 @@
+"""Periodic sweeps: suspend idle labs, recover or fail stuck ones, reap old ones, reconcile backends.
+
+Each sweep is a plain function of the runtime (the CLI calls it directly) and an rq job of no
+arguments (the cron scheduler enqueues it). Sweeps work in bulk: one query finds every lab to act on,
+one compare-and-set UPDATE moves them, and one Redis pipeline enqueues their jobs.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import timedelta
+from typing import Callable
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from broker import activity, runtime
+from rq.cron import CronScheduler
+
+from broker.clock import utcnow
+from broker.config import Settings
+from broker.dispatch import DEFAULT_QUEUE, JobRequest
+from broker.connector import Capability, ObservedState
+from broker.jobs import job_request
+from broker.lifecycle import IN_PROGRESS, LabState, Move, deadline_for, transition, transition_many
+from broker.models import Activity, Backend, Lab, LabEvent
+from broker.registry import connector_class
+from broker.runtime import Runtime
+
+S = LabState
+DURATIONS_KEY = "labdesk:sweep_seconds"
+ORPHANS_KEY = "labdesk:orphans:{backend}"
+
+
+def suspend_idle(rt: Runtime) -> int:
+    """Suspend every running lab whose learner has been away longer than its activity allows."""
+    with rt.session() as session:
+        activity.flush(rt.redis, session, rt.settings.leave_grace)
+        ids = session.scalars(
+            select(Lab.id)
+            .where(Lab.state == S.RUNNING.value, Lab.idle_deadline < utcnow(), Lab.backend_id.in_(_suspendable(session)))
+            .limit(rt.settings.sweep_batch)
+        ).all()
+        moved = transition_many(session, rt.settings, list(ids), S.RUNNING, S.SUSPENDING, Move("learner idle", "sweep"))
+        return _enqueue_all(rt, session, moved)
+
+
+def expire_stuck(rt: Runtime) -> int:
+    """Labs past their deadline: run their job again (a worker may have died), or fail them for good."""
+    with rt.session() as session:
+        overdue = session.scalars(
+            select(Lab).where(Lab.state.in_([s.value for s in IN_PROGRESS]), Lab.deadline < utcnow())
+        ).all()
+        retried: list[int] = []
+        failed = 0
+        for lab in overdue:
+            if lab.recoveries < rt.settings.max_recoveries:
+                if _recover(rt, session, lab):
+                    retried.append(lab.id)
+                continue
+            message = f"The lab took too long while {lab.state}. Reset the lab to try again."
+            move = Move(f"deadline passed while {lab.state}", "sweep")
+            failed += transition(session, rt.settings, lab.id, S(lab.state), S.FAILED, move, message=message)
+        return _enqueue_all(rt, session, retried) + failed
+
+
+def _recover(rt: Runtime, session: Session, lab: Lab) -> bool:
+    """Give an overdue lab a fresh deadline and a fresh job id (compare-and-set on state and recoveries)."""
+    now = utcnow()
+    result = session.execute(
+        update(Lab)
+        .where(Lab.id == lab.id, Lab.state == lab.state, Lab.recoveries == lab.recoveries)
+        .values(
+            recoveries=Lab.recoveries + 1,
+            deadline=deadline_for(S(lab.state), rt.settings, now),
+            state_changed_at=now,
+            backend_call=None,
+        )
+    )
+    if result.rowcount != 1:
+        return False
+    session.add(LabEvent(lab_id=lab.id, from_state=lab.state, to_state=lab.state, reason="deadline passed; retrying", actor="sweep", at=now))
+    session.commit()
+    return True
+
+
+def reap(rt: Runtime) -> int:
+    """Delete labs unused for their activity's `reap_after_days`, and failed labs after a day."""
+    now = utcnow()
+    with rt.session() as session:
+        ids: list[int] = []
+        for days in session.scalars(select(Activity.reap_after_days).distinct()).all():
+            ids += session.scalars(
+                select(Lab.id)
+                .join(Activity, Lab.activity_id == Activity.id)
+                .where(
+                    Activity.reap_after_days == days,
+                    Lab.state.in_([S.RUNNING.value, S.SUSPENDED.value]),
+                    Lab.last_active_at < now - timedelta(days=days),
+                )
+            ).all()
+        ids += session.scalars(
+            select(Lab.id).where(Lab.state == S.FAILED.value, Lab.state_changed_at < now - timedelta(days=1))
+        ).all()
+        sources = (S.RUNNING, S.SUSPENDED, S.FAILED)
+        moved = transition_many(session, rt.settings, ids, sources, S.DELETING, Move("unused too long", "reaper"))
+        return _enqueue_all(rt, session, moved)
+
+
+def reconcile(rt: Runtime) -> int:
+    """Enqueue one reconciliation per enabled backend, on that backend's own queue."""
+    with rt.session() as session:
+        backends = session.scalars(select(Backend).where(Backend.enabled.is_(True))).all()
+        for backend in backends:
+            stamp = int(time.time()) // max(rt.settings.reconcile_interval, 1)
+            rt.dispatcher.enqueue(JobRequest(backend.queue_name, f"reconcile-{backend.id}-{stamp}", reconcile_backend_job, (backend.id,)))
+        return len(backends)
+
+
+def reconcile_backend(rt: Runtime, backend_id: int) -> dict[str, int]:
+    """Compare a backend's objects with the database both ways.
+
+    Objects no lab claims are deleted once they have been seen unclaimed for `orphan_grace` seconds;
+    labs whose object has vanished are failed with a message, so the learner's next launch starts afresh.
+    """
+    with rt.session() as session:
+        backend = session.get(Backend, backend_id)
+        if backend is None:
+            return {"orphans_deleted": 0, "vanished": 0}
+        connector = rt.connector(backend)
+        claimed = _claimed(session, backend_id)
+        managed = connector.list_managed()
+        deleted = _delete_orphans(rt, backend, [m for m in managed if m.lab_id not in claimed], connector)
+        vanished = _fail_vanished(rt, session, backend_id, {m.lab_id for m in managed}, connector)
+        return {"orphans_deleted": deleted, "vanished": vanished}
+
+
+def _claimed(session: Session, backend_id: int) -> set[int]:
+    """Labs that own their backend object: any not deleted that has a handle, or is still being created."""
+    rows = session.execute(
+        select(Lab.id, Lab.state, Lab.handle).where(Lab.backend_id == backend_id, Lab.state != S.DELETED.value)
+    ).all()
+    creating = (S.REQUESTED.value, S.PROVISIONING.value)
+    return {lab_id for lab_id, state, handle in rows if handle is not None or state in creating}
+
+
+def _delete_orphans(rt: Runtime, backend: Backend, orphans: list, connector) -> int:  # type: ignore[type-arg, no-untyped-def]
+    key = ORPHANS_KEY.format(backend=backend.id)
+    now = time.time()
+    first_seen = {int(k): float(v) for k, v in rt.redis.hgetall(key).items()}
+    keep: dict[str, float] = {}
+    deleted = 0
+    for orphan in orphans:
+        seen = first_seen.get(orphan.lab_id, now)
+        if now - seen >= rt.settings.orphan_grace:
+            connector.delete(orphan.handle)
+            deleted += 1
+        else:
+            keep[str(orphan.lab_id)] = seen
+    with rt.redis.pipeline() as pipe:
+        pipe.delete(key)
+        if keep:
+            pipe.hset(key, mapping=keep)
+        pipe.execute()
+    return deleted
+
+
+def _fail_vanished(rt: Runtime, session: Session, backend_id: int, present: set[int], connector) -> int:  # type: ignore[no-untyped-def]
+    stable = (S.RUNNING.value, S.SUSPENDED.value)
+    candidates = session.execute(
+        select(Lab.id, Lab.state, Lab.handle).where(Lab.backend_id == backend_id, Lab.state.in_(stable))
+    ).all()
+    failed = 0
+    for lab_id, state, handle in candidates:
+        if lab_id in present or handle is None or connector.observe(handle).state != ObservedState.GONE:
+            continue
+        message = "This lab's machine no longer exists. Launch again to get a fresh lab."
+        if transition(session, rt.settings, lab_id, S(state), S.FAILED, Move("backend object vanished", "reconciler"), message=message):
+            failed += 1
+    return failed
+
+
+def _suspendable(session: Session) -> list[int]:
+    """Backends whose connector can suspend; labs elsewhere are left running (and reaped later)."""
+    backends = session.execute(select(Backend.id, Backend.kind)).all()
+    return [bid for bid, kind in backends if Capability.SUSPEND in connector_class(kind).capabilities]
+
+
+def _enqueue_all(rt: Runtime, session: Session, lab_ids: list[int]) -> int:
+    if not lab_ids:
+        return 0
+    labs = session.scalars(select(Lab).where(Lab.id.in_(lab_ids)).execution_options(populate_existing=True)).all()
+    queues = {b.id: b.queue_name for b in session.scalars(select(Backend)).all()}
+    rt.dispatcher.enqueue_many([job_request(lab, queues[lab.backend_id]) for lab in labs])
+    return len(lab_ids)
+
+
+def register_cron(scheduler: CronScheduler, settings: Settings) -> None:
+    """Put every sweep on rq's cron scheduler at its configured interval."""
+    every = {
+        suspend_idle_job: settings.sweep_interval,
+        expire_stuck_job: settings.sweep_interval,
+        reap_job: settings.reap_interval,
+        reconcile_job: settings.reconcile_interval,
+        check_backends_job: settings.health_interval,
+    }
+    for job, seconds in every.items():
+        scheduler.register(job, DEFAULT_QUEUE, interval=seconds, result_ttl=0, name=job.__name__)
+
+
+# -- rq entry points (no arguments; the cron scheduler enqueues them) ----------------------------------
+def timed(name: str, sweep: Callable[[Runtime], int]) -> int:
+    """Run a sweep and keep its duration in Redis for /metrics."""
+    rt = runtime.current()
+    started = time.perf_counter()
+    count = sweep(rt)
+    rt.redis.hset(DURATIONS_KEY, name, time.perf_counter() - started)
+    return count
+
+
+def suspend_idle_job() -> int:
+    return timed("suspend", suspend_idle)
+
+
+def expire_stuck_job() -> int:
+    return timed("expire", expire_stuck)
+
+
+def reap_job() -> int:
+    return timed("reap", reap)
+
+
+def reconcile_job() -> int:
+    return timed("reconcile", reconcile)
+
+
+def reconcile_backend_job(backend_id: int) -> dict[str, int]:
+    return reconcile_backend(runtime.current(), backend_id)
+
+
+HEALTH_KEY = "labdesk:backend_health"
+
+
+def check_backends(rt: Runtime) -> int:
+    """Enqueue an availability check per backend on its own queue (the web never calls a backend)."""
+    with rt.session() as session:
+        backends = session.scalars(select(Backend).where(Backend.enabled.is_(True))).all()
+        stamp = int(time.time()) // max(rt.settings.health_interval, 1)
+        for backend in backends:
+            rt.dispatcher.enqueue(JobRequest(backend.queue_name, f"health-{backend.id}-{stamp}", check_backend_job, (backend.id,)))
+        return len(backends)
+
+
+def check_backend(rt: Runtime, backend_id: int) -> bool:
+    """Ask one backend whether it answers, and keep the answer (with its time) for /healthz."""
+    with rt.session() as session:
+        backend = session.get(Backend, backend_id)
+        if backend is None:
+            return False
+        try:
+            ok = bool(rt.connector(backend).available())
+        except Exception:  # noqa: BLE001 - any failure to answer means "not available"
+            ok = False
+    rt.redis.hset(HEALTH_KEY, backend.name, json.dumps({"ok": ok, "at": time.time()}))
+    return ok
+
+
+def check_backends_job() -> int:
+    return timed("health", check_backends)
+
+
+def check_backend_job(backend_id: int) -> bool:
+    return check_backend(runtime.current(), backend_id)

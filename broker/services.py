@@ -1,0 +1,123 @@
+"""Use cases called by the web and the CLI. They change the database and enqueue jobs; they never call
+a backend (only workers do), so a slow cloud can never stall a page.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from redis.exceptions import RedisError
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from broker.clock import utcnow
+from broker.errors import InvalidTransition, LabDeskError, ServiceUnavailable
+from broker.jobs import job_request
+from broker.lifecycle import ALLOWED, LabState, Move, sources_of, transition
+from broker.models import ENDED_STATES, Activity, Lab, LabEvent
+from broker.runtime import Runtime
+
+S = LabState
+
+
+class NotFound(LabDeskError):
+    """The lab, activity or backend asked for does not exist."""
+
+
+def live_lab(session: Session, user_id: int, activity_id: int) -> Lab | None:
+    """The learner's current lab for an activity, if any (failed and deleted labs do not count)."""
+    return session.scalar(
+        select(Lab).where(Lab.user_id == user_id, Lab.activity_id == activity_id, Lab.state.not_in(ENDED_STATES))
+    )
+
+
+def launch(rt: Runtime, user_id: int, activity_id: int, actor: str) -> Lab:
+    """Open the learner's lab: create it, resume it if suspended, or return it as it is."""
+    _require_queue(rt)
+    with rt.session() as session:
+        lab = live_lab(session, user_id, activity_id)
+        if lab is None:
+            _clear_failed(rt, session, user_id, activity_id, actor)
+            return _create(rt, session, user_id, activity_id, actor)
+        if lab.state == S.SUSPENDED:
+            _request(rt, session, lab, S.RESUMING, Move("learner came back", actor))
+        return lab
+
+
+def request_state(rt: Runtime, lab_id: int, target: LabState, actor: str, reason: str) -> Lab:
+    """Ask for a lab to be suspended, resumed or deleted (admin, CLI, reaper); raises if not allowed now."""
+    _require_queue(rt)
+    with rt.session() as session:
+        lab = session.get(Lab, lab_id)
+        if lab is None:
+            raise NotFound(f"no lab {lab_id}")
+        if target not in ALLOWED[S(lab.state)]:
+            raise InvalidTransition(f"lab {lab_id} is {lab.state}; it cannot go to {target.value} now")
+        _request(rt, session, lab, target, Move(reason, actor))
+        return lab
+
+
+def _create(rt: Runtime, session: Session, user_id: int, activity_id: int, actor: str) -> Lab:
+    activity = session.get(Activity, activity_id)
+    if activity is None:
+        raise NotFound(f"no activity {activity_id}")
+    now = utcnow()
+    lab = Lab(
+        user_id=user_id,
+        activity_id=activity_id,
+        backend_id=activity.backend_id,
+        state=S.REQUESTED.value,
+        deadline=now + timedelta(seconds=rt.settings.requested_deadline),
+        last_active_at=now,
+        state_changed_at=now,
+    )
+    session.add(lab)
+    try:
+        session.flush()
+    except IntegrityError:  # a concurrent launch (double click) created it first
+        session.rollback()
+        existing = live_lab(session, user_id, activity_id)
+        if existing is None:
+            raise
+        return existing
+    session.add(LabEvent(lab_id=lab.id, from_state="", to_state=S.REQUESTED.value, reason="learner launched", actor=actor, at=now))
+    session.commit()
+    try:
+        _enqueue(rt, lab)
+    except ServiceUnavailable:
+        session.delete(lab)  # nothing half-way: the learner can simply launch again
+        session.execute(LabEvent.__table__.delete().where(LabEvent.lab_id == lab.id))
+        session.commit()
+        raise
+    return lab
+
+
+def _clear_failed(rt: Runtime, session: Session, user_id: int, activity_id: int, actor: str) -> None:
+    """A relaunch after a failure starts afresh; the failed lab's leftovers are deleted."""
+    failed = session.scalars(
+        select(Lab).where(Lab.user_id == user_id, Lab.activity_id == activity_id, Lab.state == S.FAILED.value)
+    ).all()
+    for lab in failed:
+        _request(rt, session, lab, S.DELETING, Move("learner relaunched after a failure", actor))
+
+
+def _request(rt: Runtime, session: Session, lab: Lab, target: LabState, move: Move) -> None:
+    if transition(session, rt.settings, lab.id, sources_of(target), target, move, message=""):
+        session.refresh(lab)
+        _enqueue(rt, lab)
+
+
+def _enqueue(rt: Runtime, lab: Lab) -> None:
+    try:
+        rt.dispatcher.enqueue(job_request(lab, lab.backend.queue_name))
+    except RedisError as exc:
+        raise ServiceUnavailable(f"the job queue is unavailable: {exc}") from exc
+
+
+def _require_queue(rt: Runtime) -> None:
+    """Refuse early, before writing anything, when the queue cannot take the job."""
+    try:
+        rt.redis.ping()
+    except RedisError as exc:
+        raise ServiceUnavailable(f"the job queue is unavailable: {exc}") from exc

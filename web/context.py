@@ -1,0 +1,30 @@
+"""Access to the process runtime and the signed-in user from a request."""
+
+from __future__ import annotations
+
+from flask import abort, current_app, session
+
+from broker.runtime import Runtime
+
+
+def rt() -> Runtime:
+    """The runtime that `create_app` attached to this app."""
+    return current_app.extensions["labdesk"]
+
+
+def user_id() -> int:
+    """The signed-in user's id, or 401 when nobody is signed in."""
+    uid = session.get("user_id")
+    if uid is None:
+        abort(401)
+    return int(uid)
+
+
+def owns(lab_id: int) -> bool:
+    """Whether this browser session launched the lab (kept in the signed session, no database read)."""
+    return lab_id in session.get("labs", [])
+
+
+def remember_lab(lab_id: int) -> None:
+    labs = [lab for lab in session.get("labs", []) if lab != lab_id][-19:]
+    session["labs"] = labs + [lab_id]
