@@ -1,0 +1,57 @@
+# Shared by scripts/demo and scripts/test: install what is missing, start local services, prepare the venv.
+# Every step checks first, so running a script twice changes nothing the second time.
+
+export DEBIAN_FRONTEND=noninteractive
+_apt_updated=""
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+need_apt() {
+  local missing=()
+  for package in "$@"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  echo "installing Debian packages: ${missing[*]}"
+  if [ -z "$_apt_updated" ]; then as_root apt-get update -qq; _apt_updated=1; fi
+  as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+ensure_redis() {
+  if redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then return 0; fi
+  echo "starting Redis on 127.0.0.1:6379"
+  as_root mkdir -p /var/lib/redis /var/log/redis
+  as_root redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
+    --dir /var/lib/redis --logfile /var/log/redis/labdesk.log
+  for _ in $(seq 50); do redis-cli -h 127.0.0.1 ping >/dev/null 2>&1 && return 0; sleep 0.1; done
+  echo "error: Redis did not start (see /var/log/redis/labdesk.log)" >&2; return 1
+}
+
+ensure_postgres() {
+  if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
+    echo "starting PostgreSQL on 127.0.0.1:5432"
+    local version
+    version=$(ls /etc/postgresql | sort -V | tail -n1)
+    as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start
+    for _ in $(seq 100); do pg_isready -h 127.0.0.1 -p 5432 -q && break; sleep 0.2; done
+  fi
+  # The tests connect over TCP as "postgres"; give that role a password when trust auth is not configured.
+  if ! psql -h 127.0.0.1 -U postgres -w -d postgres -c 'select 1' >/dev/null 2>&1; then
+    as_root runuser -u postgres -- psql -q -c "ALTER USER postgres PASSWORD 'labdesk-test'" >/dev/null
+    export LABDESK_TEST_PG="postgresql+psycopg://postgres:labdesk-test@127.0.0.1:5432/postgres"
+  fi
+}
+
+ensure_venv() {
+  local extras="$1"
+  if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
+  local stamp=".venv/.installed-$extras"
+  if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    echo "installing Python packages into .venv"
+    .venv/bin/pip install -q --upgrade pip >/dev/null
+    .venv/bin/pip install -q -e ".[$extras]"
+    touch "$stamp"
+  fi
+}
