@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import timedelta
+from datetime import UTC, timedelta
 from typing import Callable
 
 from sqlalchemy import select, update
@@ -137,9 +137,14 @@ def reconcile_backend(rt: Runtime, backend_id: int) -> dict[str, int]:
 
 
 def _claimed(session: Session, backend_id: int) -> set[int]:
-    """Labs that own their backend object: any not deleted that has a handle, or is still being created."""
+    """Labs that own their backend object: any live one that has a handle, or is still being created.
+
+    A failed lab claims nothing: its object is a leftover that would otherwise keep costing money until
+    the reaper or a relaunch gets to it (both treat an object already gone as deleted).
+    """
+    ended = (S.DELETED.value, S.FAILED.value)
     rows = session.execute(
-        select(Lab.id, Lab.state, Lab.handle).where(Lab.backend_id == backend_id, Lab.state != S.DELETED.value)
+        select(Lab.id, Lab.state, Lab.handle).where(Lab.backend_id == backend_id, Lab.state.not_in(ended))
     ).all()
     creating = (S.REQUESTED.value, S.PROVISIONING.value)
     return {lab_id for lab_id, state, handle in rows if handle is not None or state in creating}
@@ -147,7 +152,7 @@ def _claimed(session: Session, backend_id: int) -> set[int]:
 
 def _delete_orphans(rt: Runtime, backend: Backend, orphans: list, connector) -> int:  # type: ignore[type-arg, no-untyped-def]
     key = ORPHANS_KEY.format(backend=backend.id)
-    now = time.time()
+    now = utcnow().replace(tzinfo=UTC).timestamp()  # the broker's clock, so a simulation can age orphans
     first_seen = {int(k): float(v) for k, v in rt.redis.hgetall(key).items()}
     keep: dict[str, float] = {}
     deleted = 0
