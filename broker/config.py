@@ -77,7 +77,7 @@ def load_settings(
     if config_path:
         values.update(_read_toml(Path(config_path)))
     values.update(_from_environ(environ))
-    values.update(overrides or {})
+    values.update({key: (value, key) for key, value in (overrides or {}).items()})
     return _build(values)
 
 
@@ -104,11 +104,11 @@ def _from_environ(environ: Mapping[str, str]) -> dict[str, Any]:
     return found
 
 
-def _build(values: Mapping[str, Any]) -> Settings:
+def _build(values: Mapping[str, tuple[Any, str]]) -> Settings:
+    """Settings from `key: (value, where it came from)` pairs; the origin names the key in errors."""
     known = {f.name: f for f in fields(Settings)}
     converted: dict[str, Any] = {}
-    for key, entry in values.items():
-        value, origin = entry if isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[1], str) else (entry, key)
+    for key, (value, origin) in values.items():
         if key not in known:
             raise ConfigError(f"{origin}: unknown setting '{key}'")
         converted[key] = _convert(known[key], value, origin)

@@ -18,7 +18,7 @@ from broker import runtime
 from broker.clock import utcnow
 from broker.connector import Connector, LabSpec, ObservedState
 from broker.dispatch import JobRequest
-from broker.errors import CapacityError, ConnectorError, TransientError
+from broker.errors import CapacityError, ConfigError, ConnectorError, TransientError, UnknownBackend
 from broker.lifecycle import LabState, Move, transition
 from broker.models import Lab
 
@@ -52,16 +52,20 @@ def job_request(lab: Lab, queue: str) -> JobRequest:
     """The job that drives `lab` out of its current state; its id is unique to this very transition."""
     stamp = int(lab.state_changed_at.timestamp() * 1000)
     job_id = f"lab-{lab.id}-{lab.state}-{stamp}-{lab.recoveries}"
-    return JobRequest(queue, job_id, advance_lab, (lab.id, lab.state))
+    return JobRequest(queue, job_id, advance_lab, (lab.id, lab.state, lab.recoveries))
 
 
-def advance_lab(lab_id: int, state: str) -> Retry | None:
-    """Drive lab `lab_id` out of `state`; a stale job (the lab has moved on) does nothing."""
+def advance_lab(lab_id: int, state: str, recoveries: int = 0) -> Retry | None:
+    """Drive lab `lab_id` out of `state`.
+
+    A stale job does nothing: the lab has moved on, or the deadline sweep has since recovered it
+    (`recoveries` changed) and handed it to a newer job.
+    """
     rt = runtime.current()
     with rt.session() as session:
         lab = session.get(Lab, lab_id)
-        if lab is None or lab.state not in _DRIVES[S(state)]:
-            return None  # stale: the lab has moved on since this job was enqueued
+        if lab is None or lab.state not in _DRIVES[S(state)] or lab.recoveries != recoveries:
+            return None
         if lab.state == S.REQUESTED:
             if not transition(session, rt.settings, lab_id, S.REQUESTED, S.PROVISIONING, _move("worker picked it up")):
                 return None
@@ -70,7 +74,7 @@ def advance_lab(lab_id: int, state: str) -> Retry | None:
         if step is None:
             return None
         try:
-            return _drive(session, lab, step, rt.connector(lab.backend))
+            outcome = _drive(session, lab, step, rt.connector(lab.backend))
         except TransientError as exc:
             return _back_off(session, lab, exc)
         except CapacityError as exc:
@@ -78,6 +82,11 @@ def advance_lab(lab_id: int, state: str) -> Retry | None:
         except ConnectorError as exc:
             _fail(session, lab, exc.user_message, str(exc))
             return None
+        except (UnknownBackend, ConfigError) as exc:
+            _fail(session, lab, "This lab's backend is misconfigured. Please tell your instructor.", str(exc))
+            return None
+        _clear_failures()
+        return outcome
 
 
 def _drive(session: Session, lab: Lab, step: Step, connector: Connector) -> Retry | None:
@@ -133,6 +142,14 @@ def _back_off(session: Session, lab: Lab, exc: ConnectorError, minimum: int = 1)
     lab.message = exc.user_message[:500]
     session.commit()
     return Retry(max=POLL_FOREVER, interval=max(minimum, min(2**failures, 300)))
+
+
+def _clear_failures() -> None:
+    """A call that worked ends a run of transient failures: the limit counts failures in a row."""
+    job = get_current_job()
+    if job and job.meta.get("transient_failures"):
+        job.meta["transient_failures"] = 0
+        job.save_meta()
 
 
 def _fail(session: Session, lab: Lab, user_message: str, reason: str) -> None:

@@ -172,7 +172,6 @@ def test_an_unknown_connector_kind_names_the_installed_ones() -> None:
     assert "fake" in str(caught.value) and "local" in str(caught.value)
 
 
-@pytest.mark.xfail(strict=True, reason="config._build reads any (value, str) pair as (value, origin): a 2-key tuple loses its second key")
 def test_two_encryption_keys_given_as_a_tuple_are_both_kept() -> None:
     settings = load_settings(environ={}, overrides={"encryption_keys": ("new-key", "old-key")})
 

@@ -99,7 +99,7 @@ def test_a_launch_polls_the_backend_with_retry_until_the_lab_runs(
     assert fake_objects(fake_dir) == {f"labdesk-lab-{launched.id}"}
     # One job polled the backend several times: the worker ran the same job id again and again (rq Retry),
     # rather than one job sleeping in a loop.
-    runs = worker_log(tmp_path).count(f"advance_lab({launched.id}, 'requested') ({job_id})")
+    runs = worker_log(tmp_path).count(f"advance_lab({launched.id}, 'requested', 0) ({job_id})")
     assert runs >= 2, worker_log(tmp_path)
 
 
