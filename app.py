@@ -10,7 +10,7 @@ import logging
 
 import click
 from flask import Flask
-from flask.cli import FlaskGroup
+from flask.cli import FlaskGroup, NoAppException
 
 from broker import runtime
 from broker.cli import COMMANDS
@@ -19,6 +19,7 @@ from broker.errors import ConfigError
 from broker.runtime import Runtime
 from broker.secrets import secret_key
 from web.api import api
+from web.context import RowId
 from web.errors import register_error_pages
 from web.health import health
 from web.pages import pages
@@ -37,6 +38,7 @@ def create_app(settings: Settings | None = None, rt: Runtime | None = None) -> F
         SESSION_COOKIE_SECURE=settings.public_url.startswith("https://"),
     )
     app.extensions["labdesk"] = rt
+    app.url_map.converters["id"] = RowId
     for blueprint in (pages, api, health):
         app.register_blueprint(blueprint)
     register_error_pages(app)
@@ -45,10 +47,12 @@ def create_app(settings: Settings | None = None, rt: Runtime | None = None) -> F
 
 
 def _create_for_cli() -> Flask:
+    """The app for `labdesk --help`; bad settings must read as one line, and Flask's group prints a full
+    traceback for any error other than NoAppException."""
     try:
         return create_app()
     except ConfigError as exc:
-        raise click.ClickException(f"configuration: {exc}") from None
+        raise NoAppException(f"configuration: {exc}") from None
 
 
 @click.group(cls=FlaskGroup, create_app=_create_for_cli, add_default_commands=False, add_version_option=False)

@@ -11,10 +11,13 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 import click
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 
 from broker import migrate, runtime, schedule, services
 from broker.errors import LabDeskError
@@ -25,17 +28,26 @@ from broker.runtime import Runtime
 
 
 def fails_cleanly(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn LabDesk's own errors into a one-line reason and exit status 1."""
+    """Turn LabDesk's own errors, and a database or Redis that cannot be reached (a wrong URL, a server
+    down), into a one-line reason and exit status 1: an admin needs the reason, not a traceback."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
         except LabDeskError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(1)
+            _fail(str(exc))
+        except OperationalError as exc:
+            _fail(f"database: {exc.orig or exc}")
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            _fail(f"redis: {exc}")
 
     return wrapper
+
+
+def _fail(reason: str) -> NoReturn:
+    click.echo(f"error: {next(iter(reason.strip().splitlines()), 'failed')}", err=True)
+    sys.exit(1)
 
 
 def emit(data: Any, as_json: bool, lines: Callable[[Any], list[str]]) -> None:
@@ -255,7 +267,9 @@ def worker(queues: tuple[str, ...], burst: bool) -> None:
     from rq import Worker
 
     names = list(queues) or all_queues(rt())
-    Worker(names, connection=rt().redis).work(with_scheduler=True, burst=burst)
+    # Maintenance every 30 s (rq's default is 10 min): a surviving worker then takes over the scheduler
+    # lock of a crashed one within about two minutes, so polls and retries do not stall for long.
+    Worker(names, connection=rt().redis, maintenance_interval=30).work(with_scheduler=True, burst=burst)
 
 
 @click.command()

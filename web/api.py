@@ -15,7 +15,7 @@ from web.context import owns, rt, user_id
 api = Blueprint("api", __name__, url_prefix="/api")
 
 
-@api.post("/labs/<int:lab_id>/keepalive")
+@api.post("/labs/<id:lab_id>/keepalive")
 def keepalive(lab_id: int) -> tuple[str, int]:
     if not owns(lab_id):
         abort(404)
@@ -23,7 +23,7 @@ def keepalive(lab_id: int) -> tuple[str, int]:
     return "", 204
 
 
-@api.post("/labs/<int:lab_id>/leave")
+@api.post("/labs/<id:lab_id>/leave")
 def leave(lab_id: int) -> tuple[str, int]:
     if not owns(lab_id):
         abort(404)
@@ -31,7 +31,7 @@ def leave(lab_id: int) -> tuple[str, int]:
     return "", 204
 
 
-@api.get("/labs/<int:lab_id>")
+@api.get("/labs/<id:lab_id>")
 def lab_status(lab_id: int):  # type: ignore[no-untyped-def]
     with rt().session() as session:
         lab = session.get(Lab, lab_id)

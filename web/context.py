@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 from flask import abort, current_app, session
+from werkzeug.routing import IntegerConverter, Map
 
 from broker.runtime import Runtime
+
+
+class RowId(IntegerConverter):
+    """A database row id in a URL (`<id:lab_id>`): a number too large for the id column is a 404 like any
+    unknown id, not a database error and a 500."""
+
+    def __init__(self, url_map: Map, *args: object, **kwargs: object) -> None:
+        super().__init__(url_map, min=1, max=2**31 - 1)
 
 
 def rt() -> Runtime:

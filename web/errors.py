@@ -6,6 +6,7 @@ import logging
 
 from flask import Flask, jsonify, render_template, request
 from redis.exceptions import RedisError
+from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
 from broker.errors import InvalidTransition, ServiceUnavailable
@@ -25,6 +26,7 @@ def register_error_pages(app: Flask) -> None:
     app.register_error_handler(HTTPException, lambda e: _page(e.code or 500, e.description))
     app.register_error_handler(ServiceUnavailable, lambda e: _logged(503, e))
     app.register_error_handler(RedisError, lambda e: _logged(503, e))
+    app.register_error_handler(OperationalError, lambda e: _logged(503, e))  # the database is down or unreachable
     app.register_error_handler(NotFound, lambda e: _page(404, str(e)))
     app.register_error_handler(InvalidTransition, lambda e: _page(409, str(e)))
 

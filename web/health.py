@@ -24,8 +24,8 @@ health = Blueprint("health", __name__)
 def healthz():  # type: ignore[no-untyped-def]
     """Database and Redis are required (503 without them); backends are reported as their workers last saw them."""
     report = {"database": _probe(_database_ok), "redis": _probe(lambda: bool(rt().redis.ping()))}
-    report["backends"] = _backend_health() if report["redis"] == "ok" else {}
     ready = report["database"] == "ok" and report["redis"] == "ok"
+    report["backends"] = _backend_health() if ready else {}  # it reads both; with either down it would raise
     degraded = any(b["status"] != "ok" for b in report["backends"].values())
     report["status"] = "down" if not ready else "degraded" if degraded else "ok"
     return jsonify(report), 200 if ready else 503

@@ -42,7 +42,7 @@ def dev_login():  # type: ignore[no-untyped-def]
     return redirect(url_for("pages.home"))
 
 
-@pages.post("/activities/<int:activity_id>/launch")
+@pages.post("/activities/<id:activity_id>/launch")
 def launch(activity_id: int):  # type: ignore[no-untyped-def]
     uid = user_id()
     lab = services.launch(rt(), uid, activity_id, actor=f"user:{uid}")
@@ -50,7 +50,7 @@ def launch(activity_id: int):  # type: ignore[no-untyped-def]
     return redirect(url_for("pages.lab_page", lab_id=lab.id))
 
 
-@pages.get("/labs/<int:lab_id>")
+@pages.get("/labs/<id:lab_id>")
 def lab_page(lab_id: int):  # type: ignore[no-untyped-def]
     with rt().session() as db:
         lab = db.get(Lab, lab_id)
