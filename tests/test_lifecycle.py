@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -63,40 +64,38 @@ def test_a_forbidden_move_is_refused_with_its_reason(rt: Runtime, world: World) 
         transition(session, rt.settings, lab_id, S.DELETED, S.RUNNING, Move("no"))
 
 
-def _race(url: str, data_dir: str, lab_id: int, start, results) -> None:  # type: ignore[no-untyped-def]
-    from tests.conftest import make_settings
-    from broker.db import session_factory
+def _race(url: str, data_dir: str, lab_ids: list[int], start, results) -> None:  # type: ignore[no-untyped-def]
+    """One racer: for each lab, wait until every racer is ready, then try the same move at once."""
     from pathlib import Path
+
+    from broker.db import session_factory
+    from tests.conftest import make_settings
 
     settings = make_settings(url, Path(data_dir))
     session = session_factory(url)()
-    start.wait()
-    results.put(transition(session, settings, lab_id, S.RUNNING, S.SUSPENDING, Move("race", "racer")))
+    for lab_id in lab_ids:
+        start.wait()
+        results.put((lab_id, transition(session, settings, lab_id, S.RUNNING, S.SUSPENDING, Move("race", "racer"))))
 
 
 @pytest.mark.postgres
-def test_two_processes_racing_for_one_lab_exactly_one_wins(pg_only: str, tmp_path, redis_client) -> None:  # type: ignore[no-untyped-def]
+def test_racing_processes_exactly_one_wins_each_lab(pg_only: str, tmp_path, redis_client) -> None:  # type: ignore[no-untyped-def]
     from tests.conftest import make_settings
+    from tests.support.world import add_learner, make_world
 
     rt = Runtime(make_settings(pg_only, tmp_path), redis=redis_client)
-    from tests.support.world import make_world
-
     world = make_world(rt)
-    for _ in range(10):
-        lab_id = new_lab(rt, world, S.RUNNING)
-        context = multiprocessing.get_context("spawn")
-        start, results = context.Barrier(4), context.Queue()
-        racers = [context.Process(target=_race, args=(pg_only, str(tmp_path), lab_id, start, results)) for _ in range(4)]
-        for racer in racers:
-            racer.start()
-        outcomes = sorted(results.get(timeout=60) for _ in racers)
-        for racer in racers:
-            racer.join(timeout=30)
-        assert outcomes == [False, False, False, True]
-        with rt.session() as session:
-            events = session.scalars(select(LabEvent).where(LabEvent.lab_id == lab_id)).all()
-            assert len(events) == 1
-        with rt.session() as session:
-            lab = session.get(Lab, lab_id)
-            lab.state = "deleted"
-            session.commit()
+    lab_ids = [new_lab(rt, replace(world, user_id=add_learner(rt, f"racer-{n}")), S.RUNNING) for n in range(20)]
+    context = multiprocessing.get_context("spawn")
+    start, results = context.Barrier(4), context.Queue()
+    racers = [context.Process(target=_race, args=(pg_only, str(tmp_path), lab_ids, start, results)) for _ in range(4)]
+    for racer in racers:
+        racer.start()
+    outcomes = [results.get(timeout=120) for _ in range(4 * len(lab_ids))]
+    for racer in racers:
+        racer.join(timeout=30)
+    winners = sorted(lab_id for lab_id, won in outcomes if won)
+    assert winners == sorted(lab_ids)  # every lab moved once, by exactly one racer
+    with rt.session() as session:
+        events = session.scalars(select(LabEvent).where(LabEvent.to_state == "suspending")).all()
+        assert len(events) == len(lab_ids)
