@@ -114,12 +114,12 @@ def fake_objects(fake_dir: Path) -> set[str]:
 def test_a_lab_whose_worker_was_killed_mid_provision_is_recovered(
     rt: Runtime, world: World, killable: Workers, fake_dir: Path, tmp_path: Path
 ) -> None:
-    script_backend(rt, world, call_latency=3)  # every backend call blocks for 3 s, like a slow cloud
+    script_backend(rt, world, call_latency=6)  # every backend call blocks for 6 s, like a slow cloud
     doomed = killable.start()
     launched = services.launch(rt, world.user_id, world.activity_id, "learner-1")
     wait_until(lambda: lab(rt, launched.id).state == "provisioning", what="the worker to start provisioning")
 
-    killable.kill(doomed)  # inside the 3 s provision call: the backend object was never made
+    killable.kill(doomed)  # inside the 6 s provision call: the backend object was never made
 
     assert lab(rt, launched.id).state == "provisioning"
     assert fake_objects(fake_dir) == set()
