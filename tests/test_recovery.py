@@ -5,10 +5,6 @@ its recoveries are used up, and the reconciler removes what the dead job left on
 from __future__ import annotations
 
 import dataclasses
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -22,65 +18,11 @@ from broker.models import Backend, Lab, LabEvent
 from broker.runtime import Runtime
 from tests.conftest import make_settings
 from tests.support.waiting import wait_until
-from tests.support.workers import ROOT, settings_env
+from tests.support.workers import WorkerPool
 from tests.support.world import World
 
 S = LabState
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
-
-
-class Workers:
-    """Worker processes whose whole tree (worker, its scheduler, the work-horse in its own process group)
-    can be SIGKILLed, like a host losing power. Only processes started here are ever signalled."""
-
-    def __init__(self, settings: Settings, log_dir: Path) -> None:
-        self.env = settings_env(settings) | {
-            f"LABDESK_{field.name.upper()}": str(getattr(settings, field.name))
-            for field in dataclasses.fields(settings)
-            if field.type == "int"
-        }
-        self.log_dir = log_dir
-        self.processes: list[subprocess.Popen[bytes]] = []
-
-    def start(self) -> subprocess.Popen[bytes]:
-        log = open(self.log_dir / f"worker-{len(self.processes)}.log", "wb")
-        process = subprocess.Popen(
-            [sys.executable, "-m", "app", "worker"], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
-        )
-        self.processes.append(process)
-        return process
-
-    def kill(self, process: subprocess.Popen[bytes]) -> None:
-        """SIGKILL the worker and every process it forked (the work-horse calls setpgrp, so a group
-        kill would miss it): nothing gets to clean up."""
-        tree = [process.pid] + _descendants(process.pid)
-        for pid in tree:
-            os.kill(pid, signal.SIGSTOP)  # freeze first, so none can fork or exit mid-way
-        for pid in tree:
-            os.kill(pid, signal.SIGKILL)
-        process.wait(timeout=10)
-
-    def stop(self) -> None:
-        for process in self.processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in self.processes:
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.kill(process)
-
-
-def _descendants(pid: int) -> list[int]:
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            children = (task / "children").read_text().split()
-        except OSError:
-            continue
-        for child in map(int, children):
-            found += [child] + _descendants(child)
-    return found
 
 
 @pytest.fixture
@@ -89,8 +31,8 @@ def settings(pg_only: str, tmp_path: Path, redis_client: Any) -> Settings:
 
 
 @pytest.fixture
-def killable(settings: Settings, tmp_path: Path) -> Iterator[Workers]:
-    pool = Workers(settings, tmp_path)
+def killable(settings: Settings, tmp_path: Path) -> Iterator[WorkerPool]:
+    pool = WorkerPool(settings, tmp_path)
     yield pool
     pool.stop()
 
@@ -112,10 +54,10 @@ def fake_objects(fake_dir: Path) -> set[str]:
 
 
 def test_a_lab_whose_worker_was_killed_mid_provision_is_recovered(
-    rt: Runtime, world: World, killable: Workers, fake_dir: Path, tmp_path: Path
+    rt: Runtime, world: World, killable: WorkerPool, fake_dir: Path, tmp_path: Path
 ) -> None:
     script_backend(rt, world, call_latency=6)  # every backend call blocks for 6 s, like a slow cloud
-    doomed = killable.start()
+    [doomed] = killable.start()
     launched = services.launch(rt, world.user_id, world.activity_id, "learner-1")
     wait_until(lambda: lab(rt, launched.id).state == "provisioning", what="the worker to start provisioning")
 
@@ -137,11 +79,11 @@ def test_a_lab_whose_worker_was_killed_mid_provision_is_recovered(
 
 
 def test_a_lab_out_of_recoveries_fails_and_its_leftover_object_is_reconciled_away(
-    rt: Runtime, world: World, killable: Workers, fake_dir: Path, tmp_path: Path
+    rt: Runtime, world: World, killable: WorkerPool, fake_dir: Path, tmp_path: Path
 ) -> None:
     rt.settings = dataclasses.replace(rt.settings, max_recoveries=0)
     script_backend(rt, world, call_latency=1.5)
-    doomed = killable.start()
+    [doomed] = killable.start()
     launched = services.launch(rt, world.user_id, world.activity_id, "learner-1")
     leftover = f"labdesk-lab-{launched.id}"
     # Provision made the object; the worker dies while it is looking at it.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -20,11 +21,12 @@ def settings_env(settings: Settings) -> dict[str, str]:
         LABDESK_DATA_DIR=settings.data_dir,
         LABDESK_DATABASE_URL=settings.sqlalchemy_url,
         LABDESK_REDIS_URL=settings.redis_url,
-        LABDESK_POLL_INTERVAL=str(settings.poll_interval),
         LABDESK_ENCRYPTION_KEYS=",".join(settings.encryption_keys),
-        LABDESK_MAX_TRANSIENT_RETRIES=str(settings.max_transient_retries),
         PYTHONUNBUFFERED="1",
     )
+    for field in dataclasses.fields(settings):
+        if field.type == "int":
+            env[f"LABDESK_{field.name.upper()}"] = str(getattr(settings, field.name))
     return env
 
 
@@ -54,5 +56,26 @@ class WorkerPool:
             try:
                 process.wait(timeout=15)
             except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+                self.kill(process)
+
+    def kill(self, process: subprocess.Popen[bytes]) -> None:
+        """SIGKILL the worker and every process it forked (the work-horse calls setpgrp, so a group
+        kill would miss it): nothing gets to clean up, like a host losing power."""
+        tree = [process.pid] + _descendants(process.pid)
+        for pid in tree:
+            os.kill(pid, signal.SIGSTOP)  # freeze first, so none can fork or exit mid-way
+        for pid in tree:
+            os.kill(pid, signal.SIGKILL)
+        process.wait(timeout=10)
+
+
+def _descendants(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for child in map(int, children):
+            found += [child] + _descendants(child)
+    return found
