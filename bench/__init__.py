@@ -1,0 +1,1 @@
+"""Benchmarks and the cost simulation. Each module is a script: `python -m bench.<name> --help`."""
