@@ -23,6 +23,7 @@ from web.context import RowId
 from web.errors import register_error_pages
 from web.health import health
 from web.pages import pages
+from web.presence import PresenceRoute
 
 
 def create_app(settings: Settings | None = None, rt: Runtime | None = None) -> Flask:
@@ -42,6 +43,7 @@ def create_app(settings: Settings | None = None, rt: Runtime | None = None) -> F
     for blueprint in (pages, api, health):
         app.register_blueprint(blueprint)
     register_error_pages(app)
+    app.wsgi_app = PresenceRoute(app, rt.redis)  # type: ignore[method-assign]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return app
 

@@ -1,34 +1,13 @@
-"""The JSON API of the lab page: lab status, keepalive and leave.
-
-Keepalive is the hottest path in LabDesk (every open lab page, every 30 s), so it touches no database:
-ownership is read from the signed session cookie, and the signal is one Redis ZADD.
-"""
+"""The JSON API of the lab page: lab status. (Keepalive and leave are in `web.presence`, for speed.)"""
 
 from __future__ import annotations
 
 from flask import Blueprint, abort, jsonify
 
-from broker import activity
 from broker.models import Lab
-from web.context import owns, rt, user_id
+from web.context import rt, user_id
 
 api = Blueprint("api", __name__, url_prefix="/api")
-
-
-@api.post("/labs/<id:lab_id>/keepalive")
-def keepalive(lab_id: int) -> tuple[str, int]:
-    if not owns(lab_id):
-        abort(404)
-    activity.record_keepalive(rt().redis, lab_id)
-    return "", 204
-
-
-@api.post("/labs/<id:lab_id>/leave")
-def leave(lab_id: int) -> tuple[str, int]:
-    if not owns(lab_id):
-        abort(404)
-    activity.record_leave(rt().redis, lab_id)
-    return "", 204
 
 
 @api.get("/labs/<id:lab_id>")

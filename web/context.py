@@ -29,11 +29,6 @@ def user_id() -> int:
     return int(uid)
 
 
-def owns(lab_id: int) -> bool:
-    """Whether this browser session launched the lab (kept in the signed session, no database read)."""
-    return lab_id in session.get("labs", [])
-
-
 def remember_lab(lab_id: int) -> None:
     labs = [lab for lab in session.get("labs", []) if lab != lab_id][-19:]
     session["labs"] = labs + [lab_id]

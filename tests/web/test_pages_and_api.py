@@ -209,3 +209,24 @@ def test_an_unknown_lab_or_activity_is_a_404_page_never_a_traceback(world: World
     assert signed_out.status_code == 401
     assert "Please sign in" in signed_out.text
     assert stranger.launch(world.activity_id).status_code == 401
+
+
+def test_a_forged_session_cookie_cannot_keep_someone_elses_lab_alive(
+    rt: Runtime, world: World, learner: SignIn, server: LiveServer
+) -> None:
+    import base64
+    import json
+
+    ada, bob = learner("Ada"), learner("Bob")
+    ada_lab = ada.lab_id(ada.launch(world.activity_id))
+    cookie = bob.http.cookies.get("session")
+    payload, _, signature = cookie.partition(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    claims["labs"] = [ada_lab]  # Bob claims Ada's lab, keeping his own signature
+    forged = base64.urlsafe_b64encode(json.dumps(claims, separators=(",", ":")).encode()).decode().rstrip("=")
+    mallory = Learner(server.url)
+    mallory.http.cookies.set("session", f"{forged}.{signature}")
+
+    assert mallory.post(f"/api/labs/{ada_lab}/keepalive").status_code == 404
+    assert mallory.post(f"/api/labs/{ada_lab}/leave").status_code == 404
+    assert rt.redis.zscore(activity.SEEN_KEY, str(ada_lab)) is None
