@@ -14,6 +14,7 @@ from typing import Iterable
 from cryptography.fernet import Fernet
 
 from broker.config import Settings, load_settings
+from broker.testing.postgres import create_scratch_database, drop_scratch_database
 
 ROOT = Path(__file__).resolve().parent.parent
 # Benchmarks keep off the test suite's Redis db (13) and the developers' default (0).
@@ -36,27 +37,12 @@ def bench_settings(database_url: str, data_dir: Path, **overrides: object) -> Se
 
 def create_pg_database() -> str:
     """A fresh PostgreSQL database named labdesk_bench_<random>; returns its SQLAlchemy URL."""
-    from sqlalchemy import create_engine, text
-
-    name = f"labdesk_bench_{uuid.uuid4().hex[:10]}"
-    engine = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with engine.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    engine.dispose()
-    return PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    return create_scratch_database(PG_ADMIN_URL, "labdesk_bench")
 
 
 def drop_pg_database(url: str) -> None:
-    from sqlalchemy import create_engine, text
+    drop_scratch_database(PG_ADMIN_URL, url)
 
-    from broker.db import engine_for
-
-    engine_for(url).dispose()
-    name = url.rsplit("/", 1)[1]
-    engine = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with engine.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    engine.dispose()
 
 
 def settings_env(settings: Settings, **extra: str) -> dict[str, str]:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 import socket
-import uuid
 
 import pytest
+
+from broker.testing.postgres import create_scratch_database, drop_scratch_database
 
 PG_ADMIN_URL = os.environ.get("LABDESK_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("LABDESK_TEST_REDIS", "redis://127.0.0.1:6379/13")
@@ -31,25 +32,9 @@ def require_postgres() -> None:
 
 
 def create_pg_database() -> str:
-    """A fresh, uniquely named PostgreSQL database for this test session; returns its URL."""
-    from sqlalchemy import create_engine, text
-
-    name = f"labdesk_test_{uuid.uuid4().hex[:10]}"
-    engine = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with engine.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    engine.dispose()
-    return PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    """A fresh PostgreSQL database named labdesk_test_<random>; returns its SQLAlchemy URL."""
+    return create_scratch_database(PG_ADMIN_URL, "labdesk_test")
 
 
 def drop_pg_database(url: str) -> None:
-    from sqlalchemy import create_engine, text
-
-    from broker.db import engine_for
-
-    engine_for(url).dispose()
-    name = url.rsplit("/", 1)[1]
-    engine = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with engine.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    engine.dispose()
+    drop_scratch_database(PG_ADMIN_URL, url)
