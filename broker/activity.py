@@ -8,11 +8,12 @@ in one batch just before it looks for idle labs.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from datetime import datetime, timedelta
 
 from redis import Redis
 from redis.exceptions import RedisError
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from broker.clock import utcnow
@@ -50,29 +51,38 @@ def flush(redis: Redis, session: Session, leave_grace: int) -> int:
     if not entries:
         return 0
     signals = {int(member): score for member, score in entries}
-    idle_after = dict(
-        session.execute(
-            select(Lab.id, Activity.idle_suspend_after)
-            .join(Activity, Lab.activity_id == Activity.id)
-            .where(Lab.id.in_(list(signals)), Lab.state.in_(LIVE))
-        ).all()
-    )
-    rows = [_row(lab_id, signals[lab_id], idle, leave_grace) for lab_id, idle in idle_after.items()]
-    if rows:
-        statement = (
-            update(Lab.__table__)
-            .where(Lab.__table__.c.id == bindparam("lab_id"))
-            .values(last_active_at=bindparam("seen"), idle_deadline=bindparam("until"))
+    idle_after: dict[int, int] = {}
+    for chunk in _chunks(list(signals)):
+        idle_after.update(
+            session.execute(
+                select(Lab.id, Activity.idle_suspend_after)
+                .join(Activity, Lab.activity_id == Activity.id)
+                .where(Lab.id.in_(chunk), Lab.state.in_(LIVE))
+            ).all()
         )
-        session.connection().execute(statement, rows)
+    groups: dict[tuple[datetime, datetime], list[int]] = defaultdict(list)
+    for lab_id, idle in idle_after.items():
+        groups[_times(signals[lab_id], idle, leave_grace)].append(lab_id)
+    for (seen, until), lab_ids in groups.items():
+        for chunk in _chunks(lab_ids):
+            session.execute(update(Lab).where(Lab.id.in_(chunk)).values(last_active_at=seen, idle_deadline=until))
     session.commit()
-    return len(rows)
+    return len(idle_after)
 
 
-def _row(lab_id: int, score: float, idle_after: int, leave_grace: int) -> dict[str, object]:
-    seen = EPOCH + timedelta(seconds=abs(score))
+def _times(score: float, idle_after: int, leave_grace: int) -> tuple[datetime, datetime]:
+    """When the learner was last seen and when the lab becomes idle, to the whole second.
+
+    Whole seconds let the labs seen in the same second share one UPDATE: a sweep folding ten thousand
+    keepalives runs a few dozen statements instead of ten thousand.
+    """
+    seen = EPOCH + timedelta(seconds=int(abs(score)))
     grace = leave_grace if score < 0 else idle_after
-    return {"lab_id": lab_id, "seen": seen, "until": seen + timedelta(seconds=grace)}
+    return seen, seen + timedelta(seconds=grace)
+
+
+def _chunks(items: list[int], size: int = 5000) -> list[list[int]]:
+    return [items[start : start + size] for start in range(0, len(items), size)]
 
 
 def _epoch(moment: datetime) -> float:
