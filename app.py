@@ -13,6 +13,7 @@ from flask import Flask
 from flask.cli import FlaskGroup, NoAppException
 
 from broker import runtime
+from broker.activity import SignalBuffer
 from broker.cli import COMMANDS
 from broker.config import Settings, load_settings
 from broker.errors import ConfigError
@@ -43,7 +44,8 @@ def create_app(settings: Settings | None = None, rt: Runtime | None = None) -> F
     for blueprint in (pages, api, health):
         app.register_blueprint(blueprint)
     register_error_pages(app)
-    app.wsgi_app = PresenceRoute(app, rt.redis)  # type: ignore[method-assign]
+    signals = SignalBuffer(rt.redis, settings.presence_batch_ms / 1000)
+    app.wsgi_app = PresenceRoute(app, signals)  # type: ignore[method-assign]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return app
 

@@ -8,6 +8,9 @@ in one batch just before it looks for idle labs.
 
 from __future__ import annotations
 
+import os
+import threading
+import time
 from collections import defaultdict
 from datetime import datetime, timedelta
 
@@ -40,6 +43,67 @@ def _record(redis: Redis, lab_id: int, score: float) -> None:
         redis.zadd(SEEN_KEY, {str(lab_id): score})
     except RedisError as exc:
         raise ServiceUnavailable(f"cannot record activity: {exc}") from exc
+
+
+class SignalBuffer:
+    """Batches presence signals into one Redis round trip every `interval` seconds, per process.
+
+    At thousands of keepalives a second, waiting for Redis inside each request is most of the request's
+    cost. So while Redis is known to answer, a signal is only put in a dict (the latest one per lab wins,
+    as in the sorted set) and a background thread writes the dict with one ZADD. While Redis is not known
+    to answer (at start, or after a failed write), signals are written synchronously, so a request can
+    still be refused with ServiceUnavailable instead of being lost silently. At most one interval of
+    signals is lost if the process dies, which costs a lab a few hundred milliseconds of idle time.
+    """
+
+    def __init__(self, redis: Redis, interval: float) -> None:
+        self.redis = redis
+        self.interval = interval
+        self._healthy = False
+        self._pid = 0
+        self._pending: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def keepalive(self, lab_id: int) -> None:
+        self._record(lab_id, _epoch(utcnow()))
+
+    def leave(self, lab_id: int) -> None:
+        self._record(lab_id, -_epoch(utcnow()))
+
+    def _record(self, lab_id: int, score: float) -> None:
+        if not self._healthy or self.interval <= 0:
+            _record(self.redis, lab_id, score)
+            self._healthy = True
+            return
+        self._start_in_this_process()
+        with self._lock:
+            self._pending[str(lab_id)] = score
+
+    def _start_in_this_process(self) -> None:
+        """One writer thread per process (web servers fork after the app is built)."""
+        if self._pid == os.getpid():
+            return
+        self._pid, self._pending, self._lock = os.getpid(), {}, threading.Lock()
+        threading.Thread(target=self._write_forever, name="labdesk-presence", daemon=True).start()
+
+    def _write_forever(self) -> None:
+        while True:
+            time.sleep(self.interval)
+            self.write_pending()
+
+    def write_pending(self) -> None:
+        """Write what is pending; on failure keep it (newer signals win) and go back to synchronous writes."""
+        with self._lock:
+            batch, self._pending = self._pending, {}
+        if not batch:
+            return
+        try:
+            self.redis.zadd(SEEN_KEY, batch)
+        except RedisError:
+            self._healthy = False
+            with self._lock:
+                for lab, score in batch.items():
+                    self._pending.setdefault(lab, score)
 
 
 def flush(redis: Redis, session: Session, leave_grace: int) -> int:

@@ -33,6 +33,7 @@ class Settings:
     default_backend: str = "local"
     # Idle economics (defaults for new activities; each activity may override).
     keepalive_interval: int = 30
+    presence_batch_ms: int = 200  # keepalives reach Redis in batches this often; 0: one write per request
     idle_suspend_after: int = 120
     leave_grace: int = 20
     page_idle_disconnect: int = 240
@@ -60,7 +61,8 @@ class Settings:
         return self.database_url or f"sqlite:///{Path(self.data_dir).resolve() / 'labdesk.sqlite3'}"
 
 
-_POSITIVE = {f.name for f in fields(Settings) if f.type == "int"}
+# Whole-number settings where 0 means "off"; every other one must be positive.
+_ZERO_ALLOWED = {"presence_batch_ms"}
 
 
 def load_settings(
@@ -123,7 +125,7 @@ def _convert(spec: dataclasses.Field[Any], value: Any, origin: str) -> Any:
             if isinstance(value, bool):
                 raise ValueError
             number = int(value)
-            if number <= 0 and spec.name in _POSITIVE:
+            if number < 0 or (number == 0 and spec.name not in _ZERO_ALLOWED):
                 raise ValueError
             return number
         if kind == "bool":

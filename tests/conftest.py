@@ -82,6 +82,7 @@ def make_settings(db_url: str, data_dir: Path, **overrides: object) -> Settings:
         "encryption_keys": (Fernet.generate_key().decode(),),
         "secret_key": "test-secret",
         "poll_interval": 1,
+        "presence_batch_ms": 0,  # one Redis write per keepalive: tests see it at once (tests/test_presence_buffer.py covers batching)
         **overrides,
     }
     return load_settings(environ={}, overrides=values)

@@ -4,7 +4,7 @@ These two POSTs are LabDesk's hottest path: every open lab page sends one every 
 request and response machinery cost about four times the work itself (bench/keepalive.py profiles it),
 so they are answered here: the Flask session cookie is verified with Flask's own signing serializer
 (verified cookies are cached for a minute: a signed cookie cannot change), ownership is read from it,
-and the signal is one Redis ZADD. No database is touched.
+and the signal goes to Redis through `activity.SignalBuffer`, in batches. No database is touched.
 """
 
 from __future__ import annotations
@@ -16,14 +16,12 @@ from typing import Any, Callable, Iterable
 
 from flask import Flask
 from itsdangerous import BadSignature
-from redis import Redis
 from werkzeug.http import parse_cookie
 
 from broker import activity
 from broker.errors import ServiceUnavailable
 
 ROUTE = re.compile(r"/api/labs/([1-9][0-9]{0,9})/(keepalive|leave)")
-RECORD = {"keepalive": activity.record_keepalive, "leave": activity.record_leave}
 CACHE_SECONDS = 60
 CACHE_SIZE = 50_000
 StartResponse = Callable[..., Any]
@@ -32,9 +30,10 @@ StartResponse = Callable[..., Any]
 class PresenceRoute:
     """WSGI middleware: answers keepalive/leave itself and hands every other request to Flask."""
 
-    def __init__(self, app: Flask, redis: Redis) -> None:
+    def __init__(self, app: Flask, signals: activity.SignalBuffer) -> None:
         self.next = app.wsgi_app
-        self.redis = redis
+        self.signals = signals
+        self.record = {"keepalive": signals.keepalive, "leave": signals.leave}
         self.serializer = app.session_interface.get_signing_serializer(app)  # type: ignore[attr-defined]
         self.cookie_name = app.config["SESSION_COOKIE_NAME"]
         self.max_age = app.permanent_session_lifetime.total_seconds()
@@ -48,7 +47,7 @@ class PresenceRoute:
         if lab_id not in self._labs_of(environ):
             return _reply(start_response, "404 NOT FOUND", "Not found", "This lab does not exist or is not yours.")
         try:
-            RECORD[signal](self.redis, lab_id)
+            self.record[signal](lab_id)
         except ServiceUnavailable:
             return _reply(start_response, "503 SERVICE UNAVAILABLE", "LabDesk is briefly unavailable",
                           "Nothing was changed. Please try again in a minute.")
