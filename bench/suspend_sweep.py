@@ -24,7 +24,7 @@ import argparse
 import statistics
 import tempfile
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from redis import Redis
@@ -141,6 +141,13 @@ def seed_catalogue(rt: Runtime, activities: int, config: dict[str, object]) -> t
         return backend.id, [a.id for a in acts]
 
 
+def copy_learners(cursor, count: int, now: datetime) -> None:  # type: ignore[no-untyped-def]
+    """COPY learners 1..count into the users table."""
+    with cursor.copy("COPY users (id, issuer, subject, name, email, created_at) FROM STDIN") as copy:
+        for n in range(1, count + 1):
+            copy.write_row((n, "bench", f"learner-{n}", f"Learner {n}", "", now))
+
+
 def load_labs(rt: Runtime, labs: int, idle: int, running: int) -> tuple[list[int], list[int]]:
     """COPY users, labs and events in; returns the ids of the idle labs and of the running, active ones."""
     per_activity = 1000
@@ -149,9 +156,7 @@ def load_labs(rt: Runtime, labs: int, idle: int, running: int) -> tuple[list[int
     raw = engine_for(rt.settings.sqlalchemy_url).raw_connection()
     try:
         cursor = raw.cursor()
-        with cursor.copy("COPY users (id, issuer, subject, name, email, created_at) FROM STDIN") as copy:
-            for n in range(1, per_activity + 1):
-                copy.write_row((n, "bench", f"learner-{n}", f"Learner {n}", "", now))
+        copy_learners(cursor, per_activity, now)
         columns = ("id, user_id, activity_id, backend_id, state, handle, progress, message, recoveries, "
                    "last_active_at, idle_deadline, state_changed_at, created_at")
         with cursor.copy(f"COPY labs ({columns}) FROM STDIN") as copy:
@@ -251,9 +256,7 @@ def make_running_labs(rt: Runtime, activity_id: int, count: int, state_dir: Path
     raw = engine_for(rt.settings.sqlalchemy_url).raw_connection()
     try:
         cursor = raw.cursor()
-        with cursor.copy("COPY users (id, issuer, subject, name, email, created_at) FROM STDIN") as copy:
-            for n in range(1, count + 1):
-                copy.write_row((n, "bench", f"learner-{n}", f"Learner {n}", "", now))
+        copy_learners(cursor, count, now)
         with rt.session() as session:
             backend_id = session.scalar(select(Backend.id))
         columns = "id, user_id, activity_id, backend_id, state, handle, progress, message, recoveries, last_active_at, state_changed_at, created_at"
