@@ -15,7 +15,7 @@ from broker.clock import utcnow
 from broker.errors import InvalidTransition, LabDeskError, ServiceUnavailable
 from broker.jobs import job_request
 from broker.lifecycle import ALLOWED, LabState, Move, sources_of, transition
-from broker.models import ENDED_STATES, Activity, Lab, LabEvent
+from broker.models import ENDED_STATES, Activity, Lab, LabEvent, User
 from broker.runtime import Runtime
 
 S = LabState
@@ -23,6 +23,27 @@ S = LabState
 
 class NotFound(LabDeskError):
     """The lab, activity or backend asked for does not exist."""
+
+
+def user_for(rt: Runtime, issuer: str, subject: str, name: str) -> int:
+    """The id of the user an identity provider calls `subject`, created on first sign-in.
+
+    Two first sign-ins at the same moment both try to insert; the unique (issuer, subject) constraint
+    lets one win, and the other reads the winner's row.
+    """
+    with rt.session() as session:
+        query = select(User.id).where(User.issuer == issuer, User.subject == subject)
+        found = session.scalar(query)
+        if found is not None:
+            return found
+        user = User(issuer=issuer, subject=subject, name=name)
+        session.add(user)
+        try:
+            session.commit()
+        except IntegrityError:
+            session.rollback()
+            return session.scalar(query)  # type: ignore[return-value]
+        return user.id
 
 
 def live_lab(session: Session, user_id: int, activity_id: int) -> Lab | None:

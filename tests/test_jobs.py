@@ -276,3 +276,15 @@ def test_a_launch_runs_through_a_worker_on_sqlite(rt: Runtime, world: World, wor
 
     assert [to for _, to in history(rt, running.id)] == ["requested", "provisioning", "running"]
     assert fake_objects(fake_dir) == {f"labdesk-lab-{launched.id}"}
+
+
+def test_two_first_sign_ins_with_one_identity_make_one_user(rt: Runtime) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from broker.models import User
+
+    with ThreadPoolExecutor(8) as pool:
+        ids = set(pool.map(lambda _: services.user_for(rt, "dev", "twin", "Twin"), range(8)))
+    assert len(ids) == 1
+    with rt.session() as session:
+        assert len(session.scalars(select(User).where(User.subject == "twin")).all()) == 1

@@ -9,10 +9,23 @@ from flask import Blueprint, abort, redirect, render_template, request, session,
 from sqlalchemy import select
 
 from broker import services
-from broker.models import Activity, Lab, User
+from broker.models import Activity, Lab
 from web.context import remember_lab, rt, user_id
 
 pages = Blueprint("pages", __name__)
+
+# What a learner reads for each lab state; the lab page script uses the same words (passed as data).
+STATE_LABELS = {
+    "requested": "Waiting for a lab machine…",
+    "provisioning": "Preparing your lab…",
+    "running": "Your lab is running.",
+    "suspending": "Saving your lab…",
+    "suspended": "Your lab is suspended. Resume it to continue where you left off.",
+    "resuming": "Resuming your lab…",
+    "deleting": "Removing this lab…",
+    "deleted": "This lab was removed.",
+    "failed": "This lab failed.",
+}
 
 
 @pages.get("/")
@@ -31,14 +44,9 @@ def dev_login():  # type: ignore[no-untyped-def]
     name = request.form.get("name", "").strip()
     if not name or len(name) > 64:
         return render_template("signin.html", dev_login=True, error="Enter a name of 1 to 64 characters."), 400
-    with rt().session() as db:
-        user = db.scalar(select(User).where(User.issuer == "dev", User.subject == name))
-        if user is None:
-            user = User(issuer="dev", subject=name, name=name)
-            db.add(user)
-            db.commit()
-        session.clear()
-        session.update(user_id=user.id, name=name)
+    uid = services.user_for(rt(), "dev", name, name)
+    session.clear()
+    session.update(user_id=uid, name=name)
     return redirect(url_for("pages.home"))
 
 
@@ -57,4 +65,4 @@ def lab_page(lab_id: int):  # type: ignore[no-untyped-def]
         if lab is None or lab.user_id != user_id():
             abort(404)
         remember_lab(lab.id)
-        return render_template("lab.html", lab=lab, settings=rt().settings)
+        return render_template("lab.html", lab=lab, settings=rt().settings, labels=STATE_LABELS)

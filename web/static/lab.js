@@ -6,12 +6,8 @@
   const labId = root.dataset.labId;
   const keepaliveMs = Number(root.dataset.keepalive) * 1000;
   const idleLimitMs = Number(root.dataset.idleDisconnect) * 1000;
-  const labels = {
-    requested: "Waiting for a lab machine…", provisioning: "Preparing your lab…", running: "Your lab is running.",
-    suspending: "Saving your lab…", suspended: "Your lab is suspended. Resume it to continue where you left off.",
-    resuming: "Resuming your lab…", deleting: "Removing this lab…", deleted: "This lab was removed.",
-    failed: "This lab failed.",
-  };
+  const labels = JSON.parse(root.dataset.labels);
+
   let lastInput = Date.now();
   let connected = true;
 
