@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -38,6 +39,7 @@ from connectors.local.probe import speaks_rfb
 from connectors.local.xauth import write_authority
 
 HOST = "127.0.0.1"
+SETTLE_SECONDS = 2.0
 GONE_MESSAGE = "This lab no longer exists on its backend."
 
 
@@ -92,8 +94,16 @@ class LocalConnector(Connector):
         return self._startup(record)
 
     def suspend(self, handle: Handle) -> None:
-        """Stop every process of the desktop; memory stays, CPU is freed at once."""
+        """Stop every process of the desktop; memory stays, CPU is freed at once.
+
+        SIGSTOP is delivered asynchronously, so this waits (briefly) until /proc shows every process
+        stopped: when it returns, the lab is suspended and the worker's next look confirms it.
+        """
         self._signal(handle, signal.SIGSTOP)
+        deadline = time.monotonic() + SETTLE_SECONDS
+        settled = (ObservedState.SUSPENDED, ObservedState.GONE)
+        while self.observe(handle).state not in settled and time.monotonic() < deadline:
+            time.sleep(0.01)
 
     def resume(self, handle: Handle) -> None:
         """Let the stopped desktop run again, with the same display, port and password."""
