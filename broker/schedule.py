@@ -21,7 +21,7 @@ from rq.cron import CronScheduler
 from broker.clock import utcnow
 from broker.config import Settings
 from broker.dispatch import DEFAULT_QUEUE, JobRequest
-from broker.connector import Capability, ObservedState
+from broker.connector import Capability, Connector, ManagedObject, ObservedState
 from broker.jobs import job_request
 from broker.lifecycle import IN_PROGRESS, LabState, Move, deadline_for, transition, transition_many
 from broker.models import Activity, Backend, Lab, LabEvent
@@ -150,7 +150,8 @@ def _claimed(session: Session, backend_id: int) -> set[int]:
     return {lab_id for lab_id, state, handle in rows if handle is not None or state in creating}
 
 
-def _delete_orphans(rt: Runtime, backend: Backend, orphans: list, connector) -> int:  # type: ignore[type-arg, no-untyped-def]
+def _delete_orphans(rt: Runtime, backend: Backend, orphans: list[ManagedObject], connector: Connector) -> int:
+    """Delete orphans seen unclaimed for `orphan_grace`; remember when the others were first seen."""
     key = ORPHANS_KEY.format(backend=backend.id)
     now = utcnow().replace(tzinfo=UTC).timestamp()  # the broker's clock, so a simulation can age orphans
     first_seen = {int(k): float(v) for k, v in rt.redis.hgetall(key).items()}
@@ -171,7 +172,8 @@ def _delete_orphans(rt: Runtime, backend: Backend, orphans: list, connector) -> 
     return deleted
 
 
-def _fail_vanished(rt: Runtime, session: Session, backend_id: int, present: set[int], connector) -> int:  # type: ignore[no-untyped-def]
+def _fail_vanished(rt: Runtime, session: Session, backend_id: int, present: set[int], connector: Connector) -> int:
+    """Fail running or suspended labs whose object is missing from the backend (confirmed by observe)."""
     stable = (S.RUNNING.value, S.SUSPENDED.value)
     candidates = session.execute(
         select(Lab.id, Lab.state, Lab.handle).where(Lab.backend_id == backend_id, Lab.state.in_(stable))
