@@ -25,6 +25,11 @@ from web.errors import register_error_pages
 from web.health import health
 from web.pages import pages
 from web.presence import PresenceRoute
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+import lti.web
+from lti.cli import keys, platforms
+from lti.grades_cli import grades
 
 
 def create_app(settings: Settings | None = None, rt: Runtime | None = None) -> Flask:
@@ -33,21 +38,33 @@ def create_app(settings: Settings | None = None, rt: Runtime | None = None) -> F
     rt = rt or Runtime(settings)
     runtime.install(rt)
     app = Flask("web", static_folder="static", template_folder="templates")
-    app.config.update(
-        SECRET_KEY=secret_key(settings),
-        SESSION_COOKIE_HTTPONLY=True,
-        SESSION_COOKIE_SAMESITE="Lax",
-        SESSION_COOKIE_SECURE=settings.public_url.startswith("https://"),
-    )
+    app.config.update(SECRET_KEY=secret_key(settings), **cookie_policy(settings))
     app.extensions["labdesk"] = rt
     app.url_map.converters["id"] = RowId
     for blueprint in (pages, api, health):
         app.register_blueprint(blueprint)
+    lti.web.register(app, settings.emulator)
     register_error_pages(app)
     signals = SignalBuffer(rt.redis, settings.presence_batch_ms / 1000)
     app.wsgi_app = PresenceRoute(app, signals)  # type: ignore[method-assign]
+    if settings.proxy_hops:
+        hops = settings.proxy_hops
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops, x_prefix=hops)  # type: ignore[method-assign]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return app
+
+
+def cookie_policy(settings: Settings) -> dict[str, object]:
+    """Session cookies that survive inside an LMS iframe: over HTTPS they are `SameSite=None; Secure;
+    Partitioned` (CHIPS), so browsers that block third-party cookies still keep them, per LMS site.
+    Plain-HTTP development (emulator on the same site) keeps `Lax`, since `None` requires `Secure`."""
+    https = settings.public_url.startswith("https://")
+    return dict(
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SECURE=https,
+        SESSION_COOKIE_SAMESITE="None" if https else "Lax",
+        SESSION_COOKIE_PARTITIONED=https,
+    )
 
 
 def _create_for_cli() -> Flask:
@@ -64,7 +81,7 @@ def cli() -> None:
     """LabDesk: remote lab desktops for learners."""
 
 
-for _command in COMMANDS:
+for _command in (*COMMANDS, platforms, keys, grades):
     cli.add_command(_command)
 
 

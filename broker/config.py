@@ -54,6 +54,18 @@ class Settings:
     max_recoveries: int = 2
     poll_interval: int = 2
     max_transient_retries: int = 8
+    # LTI 1.3 (docs/lti.md).
+    tool_name: str = "LabDesk"
+    emulator: bool = True  # the built-in LMS emulator at /emulator; development and demo only
+    emulator_url: str = ""  # the emulator's issuer and base URL; empty: public_url + "/emulator"
+    proxy_hops: int = 0  # TLS-terminating proxies in front of the web that set X-Forwarded-*; 0: none
+    lti_leeway: int = 30  # clock skew allowed on exp/iat
+    lti_token_max_age: int = 300  # an id_token issued longer ago than this is refused
+    lti_login_ttl: int = 600  # how long a login (state + nonce) waits for its launch
+    lti_http_timeout: int = 5  # every call to a platform (JWKS, token, AGS, NRPS, registration)
+    jwks_cache_seconds: int = 300
+    outbox_interval: int = 30  # the grade outbox sweep
+    outbox_give_up_after: int = 7 * 24 * 3600  # a score still undelivered after this is marked failed
 
     @property
     def sqlalchemy_url(self) -> str:
@@ -62,7 +74,7 @@ class Settings:
 
 
 # Whole-number settings where 0 means "off"; every other one must be positive.
-_ZERO_ALLOWED = {"presence_batch_ms"}
+_ZERO_ALLOWED = {"presence_batch_ms", "proxy_hops"}
 
 
 def load_settings(

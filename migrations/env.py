@@ -6,6 +6,7 @@ from alembic import context
 from sqlalchemy import engine_from_config, pool
 
 from broker.models import Base
+import lti.models  # noqa: F401  (the LTI tables share the metadata)
 
 config = context.config
 target_metadata = Base.metadata
