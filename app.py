@@ -24,6 +24,7 @@ from web.context import RowId
 from web.errors import register_error_pages
 from web.health import health
 from web.pages import pages
+from web.csrf import protect
 from web.presence import PresenceRoute
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -43,6 +44,7 @@ def create_app(settings: Settings | None = None, rt: Runtime | None = None) -> F
     app.url_map.converters["id"] = RowId
     for blueprint in (pages, api, health):
         app.register_blueprint(blueprint)
+    protect(app)
     lti.web.register(app, settings.emulator)
     register_error_pages(app)
     signals = SignalBuffer(rt.redis, settings.presence_batch_ms / 1000)

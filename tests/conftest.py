@@ -18,6 +18,7 @@ from broker import migrate, runtime
 from broker.config import Settings, load_settings
 from broker.db import engine_for
 from broker.models import Base
+import lti.models  # noqa: F401  (the LTI tables are part of the schema the fixtures empty)
 from broker.runtime import Runtime
 from broker.testing.fake import reset_memory
 from tests.support.services import (

@@ -38,6 +38,8 @@ def _logged(code: int, error: Exception):  # type: ignore[no-untyped-def]
 
 def _page(code: int, detail: str | None):  # type: ignore[no-untyped-def]
     title, advice = MESSAGES.get(code, ("Something went wrong", "Please try again."))
+    if code == 400 and detail:  # our own sentence saying what was wrong with the request
+        title, advice = "This request cannot be handled", detail
     if request.path.startswith("/api/") or request.accept_mimetypes.best == "application/json":
         return jsonify(error=title, advice=advice), code
     return render_template("error.html", code=code, title=title, advice=advice), code

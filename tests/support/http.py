@@ -7,6 +7,7 @@ so what they see is what gunicorn would serve: status codes, headers, error page
 from __future__ import annotations
 
 import re
+import socket
 import threading
 from typing import Iterator
 
@@ -18,8 +19,8 @@ from werkzeug.serving import BaseWSGIServer, make_server
 class LiveServer:
     """A threaded werkzeug server around one app, on a free port, stopped by `close`."""
 
-    def __init__(self, app: Flask) -> None:
-        self._server: BaseWSGIServer = make_server("127.0.0.1", 0, app, threaded=True)
+    def __init__(self, app: Flask, port: int = 0) -> None:
+        self._server: BaseWSGIServer = make_server("127.0.0.1", port, app, threaded=True)
         self.url = f"http://127.0.0.1:{self._server.server_port}"
         self._thread = threading.Thread(target=self._server.serve_forever, name="live-server", daemon=True)
         self._thread.start()
@@ -30,9 +31,16 @@ class LiveServer:
         self._thread.join(timeout=10)
 
 
-def serve(app: Flask) -> Iterator[LiveServer]:
+def free_port() -> int:
+    """A port free now, for a server whose own URL must be in its settings before it starts."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def serve(app: Flask, port: int = 0) -> Iterator[LiveServer]:
     """Serve `app` for the duration of a fixture."""
-    server = LiveServer(app)
+    server = LiveServer(app, port)
     try:
         yield server
     finally:
@@ -52,12 +60,18 @@ class Learner:
     def post(self, path: str, **kwargs: object) -> requests.Response:
         return self.http.post(self.base_url + path, timeout=10, **kwargs)  # type: ignore[arg-type]
 
+    def csrf_token(self) -> str:
+        """The CSRF token of this browser's session, read from a page's form as a browser would have it."""
+        found = re.search(r'name="csrf_token" value="([^"]+)"', self.get("/").text)
+        assert found, "no form with a CSRF token on the home page"
+        return found.group(1)
+
     def sign_in(self, name: str) -> requests.Response:
-        return self.post("/dev/login", data={"name": name})
+        return self.post("/dev/login", data={"name": name, "csrf_token": self.csrf_token()})
 
     def launch(self, activity_id: int) -> requests.Response:
         """Press "Open lab" on the home page; follows the redirect to the lab page."""
-        return self.post(f"/activities/{activity_id}/launch")
+        return self.post(f"/activities/{activity_id}/launch", data={"csrf_token": self.csrf_token()})
 
     def lab_id(self, response: requests.Response) -> int:
         """The lab id of the lab page a launch landed on."""

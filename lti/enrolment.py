@@ -1,0 +1,98 @@
+"""What a launch writes: the user, the course, their membership and the activity behind the resource link.
+
+Every launch upserts with `INSERT … ON CONFLICT DO UPDATE … RETURNING` (PostgreSQL and SQLite both speak
+it), one statement per row, so concurrent first launches never collide and a launch costs a handful of
+round trips however often it repeats.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from broker.clock import utcnow
+from broker.models import Activity, Backend, Course, Image, Membership, User
+from lti.claims import Launch
+from lti.models import LinkServices
+
+
+class LinkNotConfigured(Exception):
+    """The resource link names no lab LabDesk knows (it was not added through deep linking)."""
+
+
+def _upsert(session: Session, model: type, values: dict[str, Any], keys: list[str], update: list[str]) -> int:
+    insert = (postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert)(model)  # type: ignore[union-attr]
+    statement = insert.values(**values)
+    changes = {name: statement.excluded[name] for name in update}
+    statement = statement.on_conflict_do_update(index_elements=keys, set_=changes).returning(model.id)
+    return session.execute(statement).scalar_one()
+
+
+def record(session: Session, launch: Launch) -> tuple[int, int]:
+    """Upsert the launching user and their course membership; returns (user id, course id)."""
+    now = utcnow()
+    user_id = _upsert(
+        session, User, dict(issuer=launch.issuer, subject=launch.subject, name=launch.name, email=launch.email, created_at=now),
+        ["issuer", "subject"], ["name", "email"],
+    )
+    course_id = _upsert(
+        session, Course, dict(issuer=launch.issuer, context_id=launch.context_id or "-", title=launch.context_title, created_at=now),
+        ["issuer", "context_id"], ["title"],
+    )
+    _upsert(
+        session, Membership,
+        dict(course_id=course_id, user_id=user_id, role=launch.view, test_user=launch.test_user, last_launch_at=now),
+        ["course_id", "user_id"], ["role", "test_user", "last_launch_at"],
+    )
+    return user_id, course_id
+
+
+def activity_for(session: Session, launch: Launch, course_id: int, default_backend: str, defaults: dict[str, int]) -> int:
+    """The activity behind the launch's resource link, created on its first launch from the `lab` custom
+    parameter that deep linking put on the link."""
+    activity_id = session.scalar(
+        select(Activity.id).where(Activity.course_id == course_id, Activity.resource_link_id == launch.resource_link_id)
+    )
+    if activity_id is None:
+        activity_id = _create_activity(session, launch, course_id, default_backend, defaults)
+    _remember_services(session, launch, activity_id)
+    return activity_id
+
+
+def _create_activity(session: Session, launch: Launch, course_id: int, default_backend: str, defaults: dict[str, int]) -> int:
+    image = _image(session, str(launch.custom.get("lab", "")), str(launch.custom.get("lab_version", "")))
+    backend_id = session.scalar(select(Backend.id).where(Backend.name == default_backend))
+    if image is None or backend_id is None:
+        raise LinkNotConfigured(launch.custom.get("lab", ""))
+    settings = {key: int(image.spec.get(key, value)) for key, value in defaults.items()}
+    return _upsert(
+        session, Activity,
+        dict(course_id=course_id, resource_link_id=launch.resource_link_id, title=launch.resource_link_title or image.title,
+             image_id=image.id, backend_id=backend_id, created_at=utcnow(), **settings),
+        ["course_id", "resource_link_id"], ["title"],
+    )
+
+
+def _image(session: Session, slug: str, version: str) -> Image | None:
+    query = select(Image).where(Image.slug == slug)
+    if version.isdigit():
+        query = query.where(Image.version == int(version))
+    return session.scalar(query.order_by(Image.version.desc()).limit(1)) if slug else None
+
+
+def _remember_services(session: Session, launch: Launch, activity_id: int) -> None:
+    """Keep the LMS's grade and roster endpoints for this activity; written only when they change."""
+    wanted = dict(
+        platform_id=launch.platform_id, lineitem_url=launch.lineitem_url, lineitems_url=launch.lineitems_url,
+        ags_scopes=list(launch.ags_scopes), memberships_url=launch.memberships_url,
+    )
+    current = session.get(LinkServices, activity_id)
+    if current is None:
+        session.add(LinkServices(activity_id=activity_id, **wanted))
+    elif any(getattr(current, key) != value for key, value in wanted.items()):
+        for key, value in wanted.items():
+            setattr(current, key, value)
+        current.updated_at = utcnow()

@@ -1,0 +1,36 @@
+"""The instructor view of one activity, reached by a launch with a staff role: who opened a lab, in which
+state it is, and the class roster from the LMS's Names and Role Provisioning Service."""
+
+from __future__ import annotations
+
+from flask import Blueprint, abort, render_template, session
+from sqlalchemy import select
+
+from broker.models import Activity, Lab, Membership, User
+from web.context import rt
+
+instructor = Blueprint("instructor", __name__, template_folder="templates")
+
+
+@instructor.get("/teach/activities/<id:activity_id>")
+def activity(activity_id: int):  # type: ignore[no-untyped-def]
+    with rt().session() as db:
+        found = db.get(Activity, activity_id)
+        if found is None or found.course_id not in session.get("instructor_courses", []):
+            abort(404)
+        return render_template("lti/instructor.html", activity=found, rows=_rows(db, found), roster=None, roster_error="")
+
+
+def _rows(db, activity: Activity) -> list[dict[str, object]]:  # type: ignore[no-untyped-def]
+    labs = {lab.user_id: lab for lab in db.scalars(select(Lab).where(Lab.activity_id == activity.id).order_by(Lab.id))}
+    members = db.execute(
+        select(Membership, User).join(User, User.id == Membership.user_id).where(Membership.course_id == activity.course_id).order_by(User.name)
+    ).all()
+    return [
+        dict(
+            name=user.name, role=member.role, test_user=member.test_user,
+            state=labs[user.id].state if user.id in labs else None,
+            last_active=labs[user.id].last_active_at.strftime("%Y-%m-%d %H:%M UTC") if user.id in labs else None,
+        )
+        for member, user in members
+    ]
