@@ -1,0 +1,77 @@
+"""Open edX's own LTI 1.3 consumer (lti-consumer-xblock's `LtiAdvantageConsumer`, run as a real platform
+process) launches LabDesk over real HTTP and grants LabDesk's AGS token request: a platform implementation
+no LabDesk code produced, so both sides of the protocol are checked against someone else's reading of it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import requests
+from redis import Redis
+from sqlalchemy import select
+
+from app import create_app
+from broker.config import Settings
+from broker.models import Backend, Image, Lab, Membership, User
+from broker.runtime import Runtime
+from lti import platforms
+from tests.conftest import make_settings
+from tests.support.http import LiveServer, free_port, serve
+from tests.support.openedx_platform import OpenEdxPlatform, openedx_missing
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(openedx_missing() is not None, reason=str(openedx_missing()))]
+
+
+@pytest.fixture
+def port() -> int:
+    return free_port()
+
+
+@pytest.fixture
+def settings(db_url: str, tmp_path: Path, redis_client: Redis, port: int) -> Settings:
+    return make_settings(db_url, tmp_path, public_url=f"http://127.0.0.1:{port}", default_backend="fake", emulator=False)
+
+
+@pytest.fixture
+def tool(rt: Runtime, port: int, tmp_path: Path) -> Iterator[LiveServer]:
+    with rt.session() as db:
+        db.add(Backend(name="fake", kind="fake", config={"state_dir": str(tmp_path / "fake")}))
+        db.add(Image(slug="linux-desktop", title="Linux desktop", protocol="vnc", spec={}))
+        db.commit()
+    yield from serve(create_app(rt.settings, rt), port)
+
+
+@pytest.fixture
+def openedx(tool: LiveServer, rt: Runtime) -> Iterator[OpenEdxPlatform]:
+    with OpenEdxPlatform(tool.url + "/lti/login", tool.url + "/lti/launch", tool.url + "/lti/jwks", client_id="openedx-client", deployment_id="1") as platform:
+        platforms.add(
+            rt, issuer=platform.issuer, client_id="openedx-client", auth_login_url=platform.auth_login_url,
+            auth_token_url=platform.token_url, key_set_url=platform.jwks_url, deployments=["1"], name="Open edX",
+        )
+        yield platform
+
+
+def test_open_edx_launches_a_learner_into_their_lab(openedx: OpenEdxPlatform, rt: Runtime) -> None:
+    session = requests.Session()
+    response = openedx.launch(
+        session, user_id="edx-learner-1", resource_link_id="block-v1:LabDesk+Lab+2025+type@lti_consumer+block@1",
+        role="student", name="Edx Learner", custom_parameters={"lab": "linux-desktop"},
+    )
+    assert response.status_code == 200 and "/labs/" in response.url
+    auth = openedx.auth_requests()[-1]
+    assert auth["redirect_uri"] == rt.settings.public_url + "/lti/launch" and auth["login_hint"] == "edx-learner-1"
+    with rt.session() as db:
+        user = db.scalar(select(User).where(User.issuer == openedx.issuer))
+        assert user is not None and user.subject == "edx-learner-1"
+        assert db.scalar(select(Membership.role).where(Membership.user_id == user.id)) == "learner"
+        assert db.scalar(select(Lab.state).where(Lab.user_id == user.id)) == "requested"
+
+
+def test_open_edx_staff_get_the_instructor_view(openedx: OpenEdxPlatform) -> None:
+    response = openedx.launch(
+        requests.Session(), user_id="edx-staff-1", resource_link_id="block-staff", role="instructor",
+        custom_parameters={"lab": "linux-desktop"},
+    )
+    assert response.status_code == 200 and "Instructor view" in response.text
