@@ -19,9 +19,10 @@ from werkzeug.serving import BaseWSGIServer, make_server
 class LiveServer:
     """A threaded werkzeug server around one app, on a free port, stopped by `close`."""
 
-    def __init__(self, app: Flask, port: int = 0) -> None:
-        self._server: BaseWSGIServer = make_server("127.0.0.1", port, app, threaded=True)
-        self.url = f"http://127.0.0.1:{self._server.server_port}"
+    def __init__(self, app: Flask, port: int = 0, ssl_context: tuple[str, str] | None = None) -> None:
+        self._server: BaseWSGIServer = make_server("127.0.0.1", port, app, threaded=True, ssl_context=ssl_context)
+        scheme = "https" if ssl_context else "http"
+        self.url = f"{scheme}://127.0.0.1:{self._server.server_port}"
         self._thread = threading.Thread(target=self._server.serve_forever, name="live-server", daemon=True)
         self._thread.start()
 
