@@ -16,7 +16,6 @@ Routes:
 from __future__ import annotations
 
 import calendar
-import hmac
 import math
 import secrets
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ from lti.claims import (
     DeepLinkSettings,
     Launch,
 )
+from web.csrf import csrf_token
 from web.context import rt
 
 deep_linking = Blueprint("deep_linking", __name__, template_folder="templates")
@@ -112,7 +112,6 @@ def picker(token: str):  # type: ignore[no-untyped-def]
 @deep_linking.post("/lti/deep-link/<token>")
 def respond(token: str):  # type: ignore[no-untyped-def]
     launch = _open(token)
-    _check_csrf()
     settings = _settings_of(launch)
     items: list[dict[str, Any]] = []
     if request.form.get("action") != "cancel":
@@ -219,7 +218,7 @@ def _picker_page(token: str, launch: Launch, labs: list[LabCard], choice: Choice
         labs=labs,
         choice=choice,
         errors=errors,
-        csrf=_csrf_token(),
+        csrf=csrf_token(),
         number_text=number_text,
         duration_text=duration_text,
     )
@@ -240,23 +239,11 @@ def _open(token: str) -> Launch:
 
 
 def _close(token: str) -> None:
-    """Answer once: a second submission (a double click, the back button) finds the token gone."""
-    handoff.forget(rt(), token)
+    """Answer once: a second submission (a double click, the back button, a race) finds the token gone."""
     session["deep_links"] = [kept for kept in session.get("deep_links", []) if kept != token]
+    if not handoff.forget(rt(), token):
+        raise Refused(410, "This lab picker has expired or was already used", GONE_ADVICE)
 
-
-def _csrf_token() -> str:
-    """The session's form token (shared with the rest of the app, which may have made it already)."""
-    return session.setdefault("csrf_token", secrets.token_urlsafe(24))
-
-
-def _check_csrf() -> None:
-    """The app-wide check (web/csrf.py) may already have run; checking here as well keeps the picker safe
-    in an app assembled without it, since its session cookie is sent from any site inside an LMS iframe."""
-    sent = request.form.get("csrf_token", "")
-    expected = session.get("csrf_token", "")
-    if not expected or not hmac.compare_digest(sent.encode(), expected.encode()):
-        raise Refused(400, "This form has expired", "Go back, reload the lab picker and choose again.")
 
 
 def _labs() -> list[LabCard]:

@@ -67,13 +67,18 @@ def _create_activity(session: Session, launch: Launch, course_id: int, default_b
     backend_id = session.scalar(select(Backend.id).where(Backend.name == default_backend))
     if image is None or backend_id is None:
         raise LinkNotConfigured(launch.custom.get("lab", ""))
-    settings = {key: int(image.spec.get(key, value)) for key, value in defaults.items()}
+    settings = {key: _whole(image.spec.get(key), value) for key, value in defaults.items()}
     return _upsert(
         session, Activity,
         dict(course_id=course_id, resource_link_id=launch.resource_link_id, title=launch.resource_link_title or image.title,
              image_id=image.id, backend_id=backend_id, created_at=utcnow(), **settings),
         ["course_id", "resource_link_id"], ["title"],
     )
+
+
+def _whole(value: Any, default: int) -> int:
+    """A catalogue number, or the default when the entry holds something else (never a failed launch)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else default
 
 
 def _image(session: Session, slug: str, version: str) -> Image | None:

@@ -35,6 +35,7 @@ def load(rt: Runtime, token: str) -> Launch | None:
     return Launch(**data)
 
 
-def forget(rt: Runtime, token: str) -> None:
-    """A picker answers once: the platform must not receive two responses for one request."""
-    rt.redis.delete(KEY.format(token=token))
+def forget(rt: Runtime, token: str) -> bool:
+    """A picker answers once: the platform must not receive two responses for one request. True only for
+    the one caller that removed the launch, however many submissions race."""
+    return bool(rt.redis.delete(KEY.format(token=token)))
