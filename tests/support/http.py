@@ -39,9 +39,9 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def serve(app: Flask, port: int = 0) -> Iterator[LiveServer]:
+def serve(app: Flask, port: int = 0, ssl_context: tuple[str, str] | None = None) -> Iterator[LiveServer]:
     """Serve `app` for the duration of a fixture."""
-    server = LiveServer(app, port)
+    server = LiveServer(app, port, ssl_context)
     try:
         yield server
     finally:

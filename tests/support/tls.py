@@ -22,6 +22,7 @@ from cryptography.x509.oid import NameOID
 
 @dataclass(frozen=True)
 class TestCA:
+    __test__ = False  # a fixture value, not a test class
     ca_file: Path  # PEM of the CA: what clients must trust (REQUESTS_CA_BUNDLE)
     cert_file: Path  # the server's certificate
     key_file: Path
