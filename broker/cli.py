@@ -297,6 +297,8 @@ def run_all(host: str, port: int, workers: int) -> None:
     children.append(subprocess.Popen([sys.executable, "-m", "gunicorn", "-b", f"{host}:{port}", "-w", "2",
                                       "-k", "gthread", "--threads", "8", "app:create_app()"]))
     click.echo(f"LabDesk is running at http://{host}:{port}/  (Ctrl-C stops it)")
+    if rt().settings.emulator:
+        click.echo(f"Built-in LMS emulator: http://{host}:{port}/emulator/  (launch as a learner or an instructor)")
     _wait_then_stop(children)
 
 

@@ -31,7 +31,7 @@ STATE_LABELS = {
 @pages.get("/")
 def home():  # type: ignore[no-untyped-def]
     if session.get("user_id") is None:
-        return render_template("signin.html", dev_login=rt().settings.dev_login)
+        return render_template("signin.html", dev_login=rt().settings.dev_login, emulator=rt().settings.emulator)
     with rt().session() as db:
         activities = db.scalars(select(Activity).order_by(Activity.id)).all()
         return render_template("home.html", activities=activities, name=session.get("name"))
@@ -43,7 +43,7 @@ def dev_login():  # type: ignore[no-untyped-def]
         abort(404)
     name = request.form.get("name", "").strip()
     if not name or len(name) > 64:
-        return render_template("signin.html", dev_login=True, error="Enter a name of 1 to 64 characters."), 400
+        return render_template("signin.html", dev_login=True, emulator=rt().settings.emulator, error="Enter a name of 1 to 64 characters."), 400
     uid = services.user_for(rt(), "dev", name, name)
     session.clear()
     session.update(user_id=uid, name=name)
