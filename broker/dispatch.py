@@ -7,6 +7,7 @@ the same work twice, from a double click or a re-run sweep, leaves one job.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Callable, Protocol
 
 from redis import Redis
@@ -20,12 +21,17 @@ FAILURE_TTL = 7 * 24 * 3600
 
 @dataclass(frozen=True)
 class JobRequest:
-    """One job to enqueue: where, under which id, and what to call with which primitive arguments."""
+    """One job to enqueue: where, under which id, and what to call with which primitive arguments.
+
+    `func` may be a dotted path ("lti.outbox.deliver"): the broker can then enqueue work of packages it
+    must not import. `delay` (seconds, single enqueues only) holds the job back, e.g. for a back-off.
+    """
 
     queue: str
     job_id: str
-    func: Callable[..., Any]
+    func: Callable[..., Any] | str
     args: tuple[Any, ...] = ()
+    delay: int = 0
 
 
 class Dispatcher(Protocol):
@@ -44,12 +50,23 @@ class RQDispatcher:
 
     def enqueue(self, request: JobRequest) -> bool:
         try:
-            self._queue(request.queue).enqueue_call(
-                request.func, args=request.args, **self._options(request), unique=True
-            )
+            if request.delay > 0:
+                self._enqueue_later(request)
+            else:
+                self._queue(request.queue).enqueue_call(
+                    request.func, args=request.args, **self._options(request), unique=True
+                )
         except DuplicateJobError:
             return False
         return True
+
+    def _enqueue_later(self, request: JobRequest) -> None:
+        """Park the job in rq's scheduled registry; a worker's scheduler queues it once the delay is over."""
+        options = self._options(request)
+        options["job_timeout"] = options.pop("timeout")  # enqueue_in's name for it
+        self._queue(request.queue).enqueue_in(
+            timedelta(seconds=request.delay), request.func, args=request.args, **options, unique=True
+        )
 
     def enqueue_many(self, requests: list[JobRequest]) -> None:
         by_queue: dict[str, list[JobRequest]] = {}

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from datetime import UTC, timedelta
-from typing import Callable
+from importlib.metadata import entry_points
+from typing import Any, Callable
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -22,6 +24,7 @@ from broker.clock import utcnow
 from broker.config import Settings
 from broker.dispatch import DEFAULT_QUEUE, JobRequest
 from broker.connector import Capability, Connector, ManagedObject, ObservedState
+from broker.errors import ConfigError
 from broker.jobs import job_request
 from broker.lifecycle import IN_PROGRESS, LabState, Move, deadline_for, transition, transition_many
 from broker.models import Activity, Backend, Lab, LabEvent
@@ -214,6 +217,35 @@ def register_cron(scheduler: CronScheduler, settings: Settings) -> None:
     }
     for job, seconds in every.items():
         scheduler.register(job, DEFAULT_QUEUE, interval=seconds, result_ttl=0, name=job.__name__)
+    for name, periodic in periodic_jobs().items():
+        seconds = getattr(settings, periodic.interval_setting, None)
+        if not isinstance(seconds, int) or isinstance(seconds, bool):
+            raise ConfigError(f"periodic job '{name}': '{periodic.interval_setting}' is not a whole-number setting")
+        scheduler.register(periodic.job, periodic.queue, interval=seconds, result_ttl=0, name=name)
+
+
+PERIODIC_GROUP = "labdesk.periodic"
+
+
+@dataclass(frozen=True)
+class Periodic:
+    """A sweep that another package (LTI's grade outbox) puts on the cron through the `labdesk.periodic`
+    entry points, so the broker schedules it without importing that package."""
+
+    job: Callable[[], Any]
+    interval_setting: str  # the Settings field that holds its interval in seconds
+    queue: str = DEFAULT_QUEUE
+
+
+def periodic_jobs() -> dict[str, Periodic]:
+    """Every installed periodic job, by entry-point name."""
+    found: dict[str, Periodic] = {}
+    for point in entry_points(group=PERIODIC_GROUP):
+        periodic = point.load()
+        if not isinstance(periodic, Periodic):
+            raise ConfigError(f"entry point {PERIODIC_GROUP}:{point.name} is not a broker.schedule.Periodic")
+        found[point.name] = periodic
+    return found
 
 
 # -- rq entry points (no arguments; the cron scheduler enqueues them) ----------------------------------
