@@ -2,7 +2,9 @@
 
 Every launch upserts with `INSERT … ON CONFLICT DO UPDATE … RETURNING` (PostgreSQL and SQLite both speak
 it), one statement per row, so concurrent first launches never collide and a launch costs a handful of
-round trips however often it repeats.
+round trips however often it repeats. The upserts are Core statements built once per process and run with
+the row's values as parameters: built per call through the ORM, each cost about five times the CPU
+(bench/launch.py).
 """
 
 from __future__ import annotations
@@ -23,12 +25,19 @@ class LinkNotConfigured(Exception):
     """The resource link names no lab LabDesk knows (it was not added through deep linking)."""
 
 
+_UPSERTS: dict[tuple[str, type, tuple[str, ...], tuple[str, ...]], Any] = {}
+
+
 def _upsert(session: Session, model: type, values: dict[str, Any], keys: list[str], update: list[str]) -> int:
-    insert = (postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert)(model)  # type: ignore[union-attr]
-    statement = insert.values(**values)
-    changes = {name: statement.excluded[name] for name in update}
-    statement = statement.on_conflict_do_update(index_elements=keys, set_=changes).returning(model.id)
-    return session.execute(statement).scalar_one()
+    dialect = session.bind.dialect.name  # type: ignore[union-attr]
+    cache_key = (dialect, model, tuple(keys), tuple(update))
+    statement = _UPSERTS.get(cache_key)
+    if statement is None:
+        table = model.__table__  # type: ignore[attr-defined]
+        insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+        changes = {name: insert.excluded[name] for name in update}
+        statement = _UPSERTS[cache_key] = insert.on_conflict_do_update(index_elements=keys, set_=changes).returning(table.c.id)
+    return session.execute(statement, values).scalar_one()
 
 
 def record(session: Session, launch: Launch) -> tuple[int, int]:
@@ -53,12 +62,17 @@ def record(session: Session, launch: Launch) -> tuple[int, int]:
 def activity_for(session: Session, launch: Launch, course_id: int, default_backend: str, defaults: dict[str, int]) -> int:
     """The activity behind the launch's resource link, created on its first launch from the `lab` custom
     parameter that deep linking put on the link."""
-    activity_id = session.scalar(
-        select(Activity.id).where(Activity.course_id == course_id, Activity.resource_link_id == launch.resource_link_id)
-    )
-    if activity_id is None:
+    found = session.execute(
+        select(Activity.id, LinkServices)
+        .outerjoin(LinkServices, LinkServices.activity_id == Activity.id)
+        .where(Activity.course_id == course_id, Activity.resource_link_id == launch.resource_link_id)
+    ).first()
+    if found is None:
         activity_id = _create_activity(session, launch, course_id, default_backend, defaults)
-    _remember_services(session, launch, activity_id)
+        current = session.get(LinkServices, activity_id)  # a concurrent first launch may have written them
+    else:
+        activity_id, current = found
+    _remember_services(session, launch, activity_id, current)
     return activity_id
 
 
@@ -88,13 +102,12 @@ def _image(session: Session, slug: str, version: str) -> Image | None:
     return session.scalar(query.order_by(Image.version.desc()).limit(1)) if slug else None
 
 
-def _remember_services(session: Session, launch: Launch, activity_id: int) -> None:
+def _remember_services(session: Session, launch: Launch, activity_id: int, current: LinkServices | None) -> None:
     """Keep the LMS's grade and roster endpoints for this activity; written only when they change."""
     wanted = dict(
         platform_id=launch.platform_id, lineitem_url=launch.lineitem_url, lineitems_url=launch.lineitems_url,
         ags_scopes=list(launch.ags_scopes), memberships_url=launch.memberships_url,
     )
-    current = session.get(LinkServices, activity_id)
     if current is None:
         session.add(LinkServices(activity_id=activity_id, **wanted))
     elif any(getattr(current, key) != value for key, value in wanted.items()):
