@@ -108,6 +108,8 @@ def _remember_services(session: Session, launch: Launch, activity_id: int, curre
         platform_id=launch.platform_id, lineitem_url=launch.lineitem_url, lineitems_url=launch.lineitems_url,
         ags_scopes=list(launch.ags_scopes), memberships_url=launch.memberships_url,
     )
+    if current is not None and not wanted["lineitem_url"]:
+        wanted["lineitem_url"] = current.lineitem_url  # a launch without the claim keeps the line item found or made
     if current is None:
         session.add(LinkServices(activity_id=activity_id, **wanted))
     elif any(getattr(current, key) != value for key, value in wanted.items()):
