@@ -75,3 +75,26 @@ def test_open_edx_staff_get_the_instructor_view(openedx: OpenEdxPlatform) -> Non
         custom_parameters={"lab": "linux-desktop"},
     )
     assert response.status_code == 200 and "Instructor view" in response.text
+
+
+def test_open_edx_grants_labdesks_token_and_receives_the_score(openedx: OpenEdxPlatform, rt: Runtime) -> None:
+    from broker.scores import record_score
+    from broker.models import ScoreOutbox
+    from lti.outbox import deliver
+
+    response = openedx.launch(requests.Session(), user_id="edx-learner-2", resource_link_id="block-graded", role="student",
+                              custom_parameters={"lab": "linux-desktop"})
+    assert response.status_code == 200
+    with rt.session() as db:
+        lab = db.scalar(select(Lab))
+        assert lab is not None
+    outbox_id = record_score(rt, lab.activity_id, lab.user_id, 7, 10, "Completed", "FullyGraded", "3 of 4 checks passed")
+    deliver(outbox_id)
+    token = openedx.token_requests()[-1]
+    assert token["status"] == 200 and "https://purl.imsglobal.org/spec/lti-ags/scope/score" in token["granted_scope"]
+    received = openedx.scores()[-1]["score"]
+    assert received["userId"] == "edx-learner-2" and received["scoreGiven"] == 7 and received["scoreMaximum"] == 10
+    assert received["activityProgress"] == "Completed" and received["gradingProgress"] == "FullyGraded"
+    with rt.session() as db:
+        row = db.get(ScoreOutbox, outbox_id)
+        assert row is not None and row.state == "sent" and row.payload["timestamp"] == received["timestamp"]
