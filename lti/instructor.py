@@ -3,10 +3,13 @@ state it is, and the class roster from the LMS's Names and Role Provisioning Ser
 
 from __future__ import annotations
 
-from flask import Blueprint, abort, render_template, session
+from flask import Blueprint, abort, render_template, request, session
 from sqlalchemy import select
 
 from broker.models import Activity, Lab, Membership, User
+from lti import nrps
+from lti.roles import view_for
+from lti.service_token import ServiceError
 from web.context import rt
 
 instructor = Blueprint("instructor", __name__, template_folder="templates")
@@ -18,7 +21,18 @@ def activity(activity_id: int):  # type: ignore[no-untyped-def]
         found = db.get(Activity, activity_id)
         if found is None or found.course_id not in session.get("instructor_courses", []):
             abort(404)
-        return render_template("lti/instructor.html", activity=found, rows=_rows(db, found), roster=None, roster_error="")
+        roster, roster_error = _roster(activity_id) if request.args.get("roster") else (None, "")
+        return render_template("lti/instructor.html", activity=found, rows=_rows(db, found), roster=roster, roster_error=roster_error)
+
+
+def _roster(activity_id: int) -> tuple[list[dict[str, str]], str]:
+    """The class list from the LMS (NRPS, every page), fetched only when the instructor asks: it is a call
+    to the LMS, bounded by `lti_http_timeout` per page."""
+    try:
+        members = nrps.roster(rt(), activity_id)
+    except ServiceError as exc:
+        return [], f"The LMS did not give the class roster: {exc}"
+    return [dict(name=m.name or m.email or m.user_id, view=view_for(m.roles), status=m.status) for m in members], ""
 
 
 def _rows(db, activity: Activity) -> list[dict[str, object]]:  # type: ignore[no-untyped-def]

@@ -80,3 +80,16 @@ def _row(rt: Runtime, outbox_id: int) -> ScoreOutbox:
         row = db.get(ScoreOutbox, outbox_id)
         assert row is not None
         return row
+
+
+def test_the_instructor_view_lists_the_whole_roster_across_pages(lms: LiveServer, rt: Runtime) -> None:
+    browser = requests.Session()
+    page = browser.get(launches.start(rt, "emu-instructor-1"), timeout=10)
+    form = auto_forms(page.text)[0]
+    landed = browser.post(form.action, data=form.fields, timeout=10)
+    assert landed.status_code == 200 and "Instructor view" in landed.text
+    roster = browser.get(landed.url + "?roster=1", timeout=30)
+    members = store.members(rt, site.COURSE_ID)
+    assert len(members) > 10  # more than one NRPS page
+    assert roster.text.count("<li>") >= len(members)
+    assert "Alan Turing" in roster.text
