@@ -57,20 +57,21 @@ def call(
     """One authorised request to a platform service, with the raised errors typed.
 
     A 401 means the cached token was revoked or expired early: it is dropped once and the call retried
-    with a fresh token; a second 401 is permanent.
+    with a fresh token; a second refusal is permanent. Open edX answers an expired token with 403, so a
+    403 gets the same one retry.
     """
     wanted = frozenset(scopes)
     token = access_token(rt, platform, wanted)
     response = _send(rt, method, url, token, **kwargs)
-    if response.status_code == 401:
+    if response.status_code in (401, 403):
         invalidate(rt, platform, wanted, token)
         response = _send(rt, method, url, access_token(rt, platform, wanted), **kwargs)
     return checked(response, f"{method} {url}")
 
 
 def _send(rt: Runtime, method: str, url: str, token: str, **kwargs: Any) -> requests.Response:
-    headers = {**kwargs.pop("headers", {}), "Authorization": f"Bearer {token}"}
-    return http(rt, method, url, headers=headers, **kwargs)
+    headers = {**kwargs.get("headers", {}), "Authorization": f"Bearer {token}"}
+    return http(rt, method, url, **{**kwargs, "headers": headers})  # kwargs stay intact for a retry
 
 
 def http(rt: Runtime, method: str, url: str, **kwargs: Any) -> requests.Response:
