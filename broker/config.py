@@ -57,6 +57,7 @@ class Settings:
     # LTI 1.3 (docs/lti.md).
     tool_name: str = "LabDesk"
     emulator: bool = True  # the built-in LMS emulator at /emulator; development and demo only
+    open_registration: bool = False  # Dynamic Registration without an invitation (labdesk platforms invite)
     emulator_url: str = ""  # the emulator's issuer and base URL; empty: public_url + "/emulator"
     proxy_hops: int = 0  # TLS-terminating proxies in front of the web that set X-Forwarded-*; 0: none
     lti_leeway: int = 30  # clock skew allowed on exp/iat

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 import click
 
 from broker.cli import emit, fails_cleanly, json_option, rt
+from lti import invites
 from lti import keys as tool_keys
 from lti import platforms as registry
 from lti.platforms import PlatformInfo, RegistrationError
@@ -91,6 +92,14 @@ def platforms_remove(platform_id: int) -> None:
     info = registry.by_id(rt(), platform_id)
     registry.remove(rt(), platform_id)
     click.echo(f"platform {platform_id} ({info.name}) removed")
+
+
+@platforms.command("invite")
+@fails_cleanly
+def platforms_invite() -> None:
+    """Print a one-time Dynamic Registration URL (valid a week) to paste into an LMS."""
+    click.echo(invites.create(rt()))
+    click.echo("Paste it as the tool URL of the LMS's Dynamic Registration; it works once.")
 
 
 @platforms.group("deployments")

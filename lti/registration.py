@@ -23,7 +23,7 @@ from flask import Blueprint, Response, jsonify, render_template, request
 
 from broker.config import Settings
 from broker.runtime import Runtime
-from lti import platforms
+from lti import invites, platforms
 from lti.claims import (
     DEEP_LINKING_REQUEST,
     RESOURCE_LINK_REQUEST,
@@ -117,8 +117,15 @@ class Registered:
 def register():  # type: ignore[no-untyped-def]
     config_url = (request.args.get("openid_configuration") or "").strip()
     token = (request.args.get("registration_token") or "").strip()
+    invite = (request.args.get("invite") or "").strip()
     try:
+        if not rt().settings.open_registration and not invites.valid(rt(), invite):
+            raise RegistrationFailed(
+                "This registration URL is not valid: it was already used, has expired or has no invitation. "
+                "Ask the LabDesk administrator for a new one (labdesk platforms invite)."
+            )
         done = dynamic_registration(rt(), config_url, token)
+        invites.use(rt(), invite)
     except RegistrationFailed as failed:
         log.warning("lti dynamic registration failed: configuration=%s reason=%s", _without_query(config_url), failed)
         return render_template("registration/failed.html", reason=str(failed)), 400, NO_STORE

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+from urllib.parse import parse_qs, urlsplit
 import requests
 from redis import Redis
 
@@ -22,6 +23,8 @@ from broker.runtime import Runtime
 from lti import platforms
 from lti.registration import RegistrationFailed, check_issuer, offered_messages
 from tests.conftest import make_settings
+from broker import runtime
+from lti import invites
 from tests.lti.registration_platform import (
     PLATFORM_CONFIGURATION,
     SCOPES,
@@ -56,8 +59,22 @@ def lms() -> Iterator[RegistrationPlatform]:
         yield platform
 
 
-def register(tool: LiveServer, params: dict[str, str]) -> requests.Response:
-    return requests.get(tool.url + "/lti/register", params=params, timeout=30)
+def register(tool: LiveServer, params: dict[str, str], invite: str | None = None) -> requests.Response:
+    """The LMS opening LabDesk's registration URL: an invitation the admin made, plus the LMS's parameters."""
+    if invite is None:
+        invite = parse_qs(urlsplit(invites.create(runtime.current())).query)["invite"][0]
+    return requests.get(tool.url + "/lti/register", params={"invite": invite, **params}, timeout=30)
+
+
+def test_registration_without_an_invitation_is_refused(tool: LiveServer, lms: RegistrationPlatform, rt: Runtime) -> None:
+    refused(register(tool, lms.start_params(), invite=""), "not valid", "labdesk platforms invite")
+    assert platforms.listing(rt) == []
+
+
+def test_an_invitation_registers_once(tool: LiveServer, lms: RegistrationPlatform, rt: Runtime) -> None:
+    invite = parse_qs(urlsplit(invites.create(rt)).query)["invite"][0]
+    assert register(tool, lms.start_params(), invite=invite).status_code == 200
+    refused(register(tool, lms.start_params(), invite=invite), "already used")
 
 
 def refused(response: requests.Response, *needles: str) -> None:
