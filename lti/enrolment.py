@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Row, bindparam, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -62,17 +62,13 @@ def record(session: Session, launch: Launch) -> tuple[int, int]:
 def activity_for(session: Session, launch: Launch, course_id: int, default_backend: str, defaults: dict[str, int]) -> int:
     """The activity behind the launch's resource link, created on its first launch from the `lab` custom
     parameter that deep linking put on the link."""
-    found = session.execute(
-        select(Activity.id, LinkServices)
-        .outerjoin(LinkServices, LinkServices.activity_id == Activity.id)
-        .where(Activity.course_id == course_id, Activity.resource_link_id == launch.resource_link_id)
-    ).first()
+    found = session.execute(_ACTIVITY, {"course_id": course_id, "resource_link_id": launch.resource_link_id}).first()
     if found is None:
         activity_id = _create_activity(session, launch, course_id, default_backend, defaults)
-        current = session.get(LinkServices, activity_id)  # a concurrent first launch may have written them
+        found = session.execute(_SERVICES_OF, {"activity_id": activity_id}).first()  # a concurrent first launch may have written them
     else:
-        activity_id, current = found
-    _remember_services(session, launch, activity_id, current)
+        activity_id = found.id
+    _remember_services(session, launch, activity_id, found if found is not None and found.services is not None else None)
     return activity_id
 
 
@@ -102,8 +98,9 @@ def _image(session: Session, slug: str, version: str) -> Image | None:
     return session.scalar(query.order_by(Image.version.desc()).limit(1)) if slug else None
 
 
-def _remember_services(session: Session, launch: Launch, activity_id: int, current: LinkServices | None) -> None:
-    """Keep the LMS's grade and roster endpoints for this activity; written only when they change."""
+def _remember_services(session: Session, launch: Launch, activity_id: int, current: Row[Any] | None) -> None:
+    """Keep the LMS's grade and roster endpoints for this activity; written only when they change.
+    `current` is the row of `_ACTIVITY` or `_SERVICES_OF`, None when the activity has none yet."""
     wanted = dict(
         platform_id=launch.platform_id, lineitem_url=launch.lineitem_url, lineitems_url=launch.lineitems_url,
         ags_scopes=list(launch.ags_scopes), memberships_url=launch.memberships_url,
@@ -111,8 +108,21 @@ def _remember_services(session: Session, launch: Launch, activity_id: int, curre
     if current is not None and not wanted["lineitem_url"]:
         wanted["lineitem_url"] = current.lineitem_url  # a launch without the claim keeps the line item found or made
     if current is None:
-        session.add(LinkServices(activity_id=activity_id, **wanted))
+        session.execute(insert(_SERVICES), dict(activity_id=activity_id, updated_at=utcnow(), **wanted))
     elif any(getattr(current, key) != value for key, value in wanted.items()):
-        for key, value in wanted.items():
-            setattr(current, key, value)
-        current.updated_at = utcnow()
+        session.execute(update(_SERVICES).where(_SERVICES.c.activity_id == activity_id).values(**wanted, updated_at=utcnow()))
+
+
+# The reads of every launch as Core statements built once (through the ORM each cost several times the CPU):
+# the activity behind a (course, resource link) with its services joined (`services` is None when it has
+# none), and the services of one activity.
+_ACTIVITIES, _SERVICES = Activity.__table__, LinkServices.__table__
+_SERVICE_COLUMNS = [_SERVICES.c[name] for name in ("platform_id", "lineitem_url", "lineitems_url", "ags_scopes", "memberships_url")]
+_ACTIVITY = (
+    select(_ACTIVITIES.c.id, _SERVICES.c.activity_id.label("services"), *_SERVICE_COLUMNS)
+    .select_from(_ACTIVITIES.outerjoin(_SERVICES, _SERVICES.c.activity_id == _ACTIVITIES.c.id))
+    .where(_ACTIVITIES.c.course_id == bindparam("course_id"), _ACTIVITIES.c.resource_link_id == bindparam("resource_link_id"))
+)
+_SERVICES_OF = select(_SERVICES.c.activity_id.label("services"), *_SERVICE_COLUMNS).where(
+    _SERVICES.c.activity_id == bindparam("activity_id")
+)
