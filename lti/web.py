@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from flask import Flask
+from flask import Flask, request
 
 from lti.deep_linking import deep_linking
 from lti.instructor import instructor
@@ -31,6 +31,6 @@ def _add_emulator(app: Flask) -> None:
 
     @app.before_request
     def _register_emulator() -> None:
-        if not done.is_set():
+        if not done.is_set() and request.blueprint in ("emulator", "lti"):
             ensure_registered(rt())
             done.set()
