@@ -256,8 +256,9 @@ def served(kind: str, settings: Settings, base: str, lms: SigningPlatform, args:
         server = children.start([sys.executable, "-m", "gunicorn", "-b", base.removeprefix("http://"), *options,
                                  "--log-level", "warning", "app:create_app()"], env, log)
         wait_for(lambda: _answers(base), 30, what=f"gunicorn to answer; log: {log}")
+        fetches = lms.jwks_fetches
         warm_up(base, lms, 4 * args.workers * args.server_threads)
-        warm_fetches = lms.jwks_fetches
+        warm_fetches, fetches = lms.jwks_fetches - fetches, lms.jwks_fetches
         print(f"\n[{kind}] gunicorn {' '.join(options)} 'app:create_app()' on {base}; log {log}")
 
         print(f"\n[{kind}] first launches: each of {args.learners:,} learners once (user, membership, lab, job created)")
@@ -270,7 +271,7 @@ def served(kind: str, settings: Settings, base: str, lms: SigningPlatform, args:
         if args.light_connections:
             light_args = argparse.Namespace(**{**vars(args), "connections": args.light_connections,
                                                "threads": min(args.threads, args.light_connections)})
-            count = max(args.launches // 5, 500)
+            count = max(args.launches // 4, 1_500)
             print(f"\n[{kind}] repeat launches over {args.light_connections} connection(s): {count:,} prepared")
             light = timed_launches(kind, settings, base, lms, [launched[i % len(launched)] for i in range(count)],
                                    work / "light", light_args, server.pid)
@@ -281,12 +282,12 @@ def served(kind: str, settings: Settings, base: str, lms: SigningPlatform, args:
         page = run_wrk(base, work / "page.lua", PAGE_LUA, work / "pages.tsv", args, server.pid, settings)
     finally:
         children.stop()
-    timed_fetches = lms.jwks_fetches - warm_fetches
+    timed_fetches = lms.jwks_fetches - fetches
     figures: list[tuple[str, object, str]] = []
-    runs = [("first_launch", first), ("repeat_launch", repeat)]
+    runs = [("first_launch", "first launches", first), ("repeat_launch", "repeat launches", repeat)]
     if light is not None:
-        runs.append((f"repeat_launch_{args.light_connections}_connection", light))
-    for name, result in runs:
+        runs.append((f"repeat_launch_{args.light_connections}_connection", "light repeat launches", light))
+    for name, shown, result in runs:
         figures += [
             (f"{kind}_{name}_per_second", round(result["ok"] / result["seconds"]), "launches/s"),
             (f"{kind}_{name}_latency_p50", result["p50"], "ms"),
@@ -295,9 +296,9 @@ def served(kind: str, settings: Settings, base: str, lms: SigningPlatform, args:
             (f"{kind}_{name}_not_303", result["bad"], "responses"),
         ] + cpu_figures(kind, name, result)
         if result["bad"]:
-            notes.append(f"{kind}: {result['bad']} of {name} were not answered 303 ({result['statuses']}): see {log}")
+            notes.append(f"{kind}: {result['bad']} {shown} were not answered 303 ({result['statuses']}): see {log}")
         if result["used_up"]:
-            notes.append(f"{kind}: the prepared {name} were used up before {args.duration}s; the rate is over {result['seconds']:.1f}s")
+            notes.append(f"{kind}: the prepared {shown} were used up before {args.duration}s; the rate is over {result['seconds']:.1f}s")
     figures += [
         (f"{kind}_page_requests_per_second", round(page["ok"] / page["seconds"]), "req/s"),
         (f"{kind}_page_latency_p50", page["p50"], "ms"),
@@ -319,7 +320,7 @@ def cpu_figures(kind: str, name: str, result: dict[str, Any]) -> list[tuple[str,
     figures: list[tuple[str, object, str]] = [
         (f"{kind}_{name}_gunicorn_cpu", round(cpu["gunicorn_seconds"] / max(result["ok"], 1) * 1000, 2), "ms per request"),
         (f"{kind}_{name}_machine_busy", round(cpu["busy"] * 100),
-         f"% of 2 cores (gunicorn {cpu['gunicorn']:.0%}, PostgreSQL {cpu['postgres']:.0%}, wrk {cpu['wrk']:.0%}, "
+         f"% of {os.cpu_count()} cores (gunicorn {cpu['gunicorn']:.0%}, PostgreSQL {cpu['postgres']:.0%}, wrk {cpu['wrk']:.0%}, "
          f"everything else {cpu['other']:.0%})"),
     ]
     if cpu["postgres_seconds"]:
