@@ -95,7 +95,7 @@ def launch():  # type: ignore[no-untyped-def]
     issuer = ""
     try:
         pending = _bound_login()
-        platform = platforms.by_id(rt(), pending.platform_id)
+        platform = platforms.recent(rt(), pending.platform_id)
         issuer = platform.issuer
         payload = _validated(platform, pending)
         launch = _launch_of(platform, payload)

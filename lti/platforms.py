@@ -6,6 +6,7 @@ emulator. Launches look registrations up on every request, so the lookup is one 
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -77,6 +78,7 @@ def add(
             session.commit()
         except IntegrityError:
             raise RegistrationError(f"platform {issuer} with client id {client_id} is already registered") from None
+        _changed()
         return PlatformInfo.of(row)
 
 
@@ -112,6 +114,27 @@ _BY_ID = (
 )
 
 
+_RECENT: dict[tuple[str, int], tuple[float, PlatformInfo]] = {}
+RECENT_SECONDS = 10.0
+
+
+def recent(rt: Runtime, platform_id: int) -> PlatformInfo:
+    """`by_id`, remembered for a few seconds per process: every launch needs its platform, which changes
+    rarely. Changes made through this module clear the memory at once; other processes see them within
+    `RECENT_SECONDS`."""
+    key = (rt.settings.sqlalchemy_url, platform_id)
+    found = _RECENT.get(key)
+    if found is not None and time.monotonic() - found[0] < RECENT_SECONDS:
+        return found[1]
+    info = by_id(rt, platform_id)
+    _RECENT[key] = (time.monotonic(), info)
+    return info
+
+
+def _changed() -> None:
+    _RECENT.clear()
+
+
 def by_id(rt: Runtime, platform_id: int) -> PlatformInfo:
     with rt.session() as session:
         rows = session.execute(_BY_ID, {"platform_id": platform_id}).all()
@@ -132,6 +155,7 @@ def add_deployment(rt: Runtime, platform_id: int, deployment_id: str) -> None:
             session.commit()
         except IntegrityError:  # already known, or recorded by a concurrent launch
             session.rollback()
+    _changed()
 
 
 def listing(rt: Runtime) -> list[PlatformInfo]:
@@ -146,3 +170,4 @@ def remove(rt: Runtime, platform_id: int) -> None:
             raise RegistrationError(f"no platform {platform_id}")
         session.delete(row)
         session.commit()
+    _changed()
