@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import jwt
-import requests
 
 from broker.runtime import Runtime
 from lti.emulator import site
+from lti.platform_keys import KeySetError, PlatformKeys
 
 
 class ToolTokenError(Exception):
@@ -28,14 +27,8 @@ class ToolKeysUnavailable(Exception):
     """The tool's key set could not be fetched (so nothing can be verified right now)."""
 
 
-@dataclass
-class _Entry:
-    fetched_at: float
-    keys: dict[str, jwt.PyJWK]
-
-
 _lock = threading.Lock()
-_cache: dict[str, _Entry] = {}
+_caches: dict[tuple[int, int], PlatformKeys] = {}
 
 
 def verify(rt: Runtime, token: str, audience: str, required: tuple[str, ...]) -> dict[str, Any]:
@@ -88,40 +81,25 @@ def _reason(error: jwt.PyJWTError, audience: str) -> str:
     return f"the JWT does not verify: {error}"
 
 
-def _key(rt: Runtime, url: str, kid: str) -> jwt.PyJWK:
-    entry = _cache.get(url)
-    fresh = entry is not None and time.monotonic() - entry.fetched_at < rt.settings.jwks_cache_seconds
-    if not fresh or kid not in entry.keys:  # type: ignore[union-attr]
-        entry = _fetch(url, rt.settings.lti_http_timeout)
-    if kid not in entry.keys:
-        raise ToolTokenError(f"kid {kid!r} is not in the tool's key set at {url}")
-    return entry.keys[kid]
-
-
-def _fetch(url: str, timeout: float) -> _Entry:
+def _key(rt: Runtime, url: str, kid: str) -> Any:
     try:
-        response = requests.get(url, timeout=timeout, headers={"Accept": "application/json"})
-        response.raise_for_status()
-        listed = response.json()["keys"]
-    except (requests.RequestException, ValueError, KeyError, TypeError) as exc:
-        raise ToolKeysUnavailable(f"could not fetch the tool's key set from {url}: {exc}") from None
-    keys = {}
-    for data in listed:
-        try:
-            if data.get("kid") and data.get("kty") == "RSA":
-                keys[data["kid"]] = jwt.PyJWK(data, algorithm="RS256")
-        except (jwt.PyJWTError, AttributeError):
-            continue  # one odd key must not hide the good ones
-    entry = _Entry(time.monotonic(), keys)
-    with _lock:
-        _cache[url] = entry
-    return entry
+        found = _key_sets(rt).key(url, kid)
+    except KeySetError as exc:
+        raise ToolKeysUnavailable(str(exc)) from None
+    if found is None:
+        raise ToolTokenError(f"kid {kid!r} is not in the tool's key set at {url}")
+    return found
 
 
-def forget(url: str | None = None) -> None:
-    """Drop cached key sets (all, or one URL)."""
+def _key_sets(rt: Runtime) -> PlatformKeys:
+    """The same JWKS cache LabDesk uses for platforms' keys (one refetch on an unknown kid)."""
+    settings = rt.settings
+    key = (settings.jwks_cache_seconds, settings.lti_http_timeout)
     with _lock:
-        if url is None:
-            _cache.clear()
-        else:
-            _cache.pop(url, None)
+        return _caches.setdefault(key, PlatformKeys(*key))
+
+
+def forget() -> None:
+    """Drop every cached key set."""
+    with _lock:
+        _caches.clear()
