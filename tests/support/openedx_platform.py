@@ -34,6 +34,8 @@ from urllib.parse import urljoin
 
 import requests
 
+from tests.support.openedx_platform_server import PlatformConfig  # the one description of the tool, both sides
+
 SERVER_SCRIPT = Path(__file__).with_name("openedx_platform_server.py")
 REDIRECT_CODES = (301, 302, 303, 307, 308)
 ROLE_LEARNER = "student"
@@ -50,22 +52,6 @@ def openedx_missing() -> str | None:
 
 class OpenEdxPlatformError(RuntimeError):
     """The platform did not start, or a launch left the OIDC flow; the message says where and why."""
-
-
-@dataclass
-class ToolRegistration:
-    """The tool as an Open edX course author registers it (LtiConfiguration fields)."""
-
-    tool_login_url: str
-    tool_launch_url: str
-    tool_jwks_url: str
-    client_id: str
-    deployment_id: str
-    redirect_uris: list[str]
-    platform_name: str = "Open edX"
-    lineitem_label: str = "LabDesk lab"
-    score_maximum: int = 100
-    ags_programmatic: bool = False
 
 
 @dataclass
@@ -134,7 +120,7 @@ class OpenEdxPlatform:
     ) -> None:
         self.client_id = client_id
         self.deployment_id = deployment_id
-        self.registration = ToolRegistration(
+        self.registration = PlatformConfig(
             tool_login_url=tool_login_url, tool_launch_url=tool_launch_url, tool_jwks_url=tool_jwks_url,
             client_id=client_id, deployment_id=deployment_id, redirect_uris=redirect_uris or [tool_launch_url],
             lineitem_label=lineitem_label, score_maximum=score_maximum, ags_programmatic=ags_programmatic,

@@ -110,7 +110,8 @@ def launch_form_page(action: str, fields: dict[str, str]) -> Response:
 
 @dataclass
 class PlatformConfig:
-    """What the parent process tells this platform about the tool (its registration in Open edX)."""
+    """The tool as an Open edX course author registers it (LtiConfiguration fields); the parent process
+    builds it and passes it to this platform process as JSON."""
 
     tool_login_url: str
     tool_launch_url: str
