@@ -28,6 +28,7 @@ from tests.support.services import (
     require_postgres,
     require_redis,
 )
+from tests.support.http import free_port
 from tests.support.workers import WorkerPool
 from tests.support.world import World, make_world
 
@@ -101,6 +102,12 @@ def rt(settings: Settings, redis_client: Redis) -> Iterator[Runtime]:
     reset_memory()
     yield instance
     runtime.install(None)
+
+
+@pytest.fixture
+def port() -> int:
+    """A free port for a live server whose own URL (`public_url`) must be in its settings first."""
+    return free_port()
 
 
 @pytest.fixture

@@ -18,22 +18,18 @@ from sqlalchemy import select
 
 from app import create_app
 from broker.config import Settings
-from broker.models import Backend, Image, Lab
+from broker.models import Lab
 from broker.runtime import Runtime
 from tests.conftest import make_settings
 from tests.support.browser import ARGS, CHROMIUM, require_browser
-from tests.support.http import LiveServer, free_port, serve
+from tests.support.world import add_lab_catalogue
+from tests.support.http import LiveServer, serve
 from tests.support.tls import TestCA, make_ca
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Frame, Page
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-
-
-@pytest.fixture
-def port() -> int:
-    return free_port()
 
 
 @pytest.fixture
@@ -53,10 +49,7 @@ def settings(db_url: str, tmp_path: Path, redis_client: Redis, port: int) -> Set
 
 @pytest.fixture
 def site(rt: Runtime, port: int, ca: TestCA, tmp_path: Path) -> Iterator[LiveServer]:
-    with rt.session() as db:
-        db.add(Backend(name="fake", kind="fake", config={"state_dir": str(tmp_path / "fake")}))
-        db.add(Image(slug="local-desktop", title="Linux desktop", description="A light desktop", protocol="vnc", spec={}))
-        db.commit()
+    add_lab_catalogue(rt, str(tmp_path / "fake"), "local-desktop")
     yield from serve(create_app(rt.settings, rt), port, ssl_context=(str(ca.cert_file), str(ca.key_file)))
 
 
@@ -78,6 +71,16 @@ def tool_frame(page: "Page", port: int, path: str) -> "Frame":
     """The iframe once it shows a LabDesk page whose URL contains `path`."""
     prefix = f"https://127.0.0.1:{port}"
     return settle(page, lambda: next((f for f in page.frames if f.url.startswith(prefix) and path in f.url), None), f"LabDesk {path} in the iframe")
+
+
+def text_of(frame: "Frame") -> str:
+    """A frame's HTML, or nothing while it is between two pages (Playwright refuses to read it then)."""
+    from playwright.sync_api import Error
+
+    try:
+        return frame.content()
+    except Error:
+        return ""
 
 
 def settle(page: "Page", probe, what: str, timeout: float = 20.0):  # type: ignore[no-untyped-def]
@@ -113,6 +116,6 @@ def test_instructor_deep_linking_inside_a_cross_site_iframe(site: LiveServer, br
     frame.get_by_text("Linux desktop").first.click()
     frame.get_by_role("button", name="Add").first.click()
     lms = f"https://localhost:{port}/emulator/"
-    settle(page, lambda: any(f.url.startswith(lms) and "Linux desktop" in f.content() for f in page.frames[1:]), "the LMS confirms the new activity")
+    settle(page, lambda: any(f.url.startswith(lms) and "Linux desktop" in text_of(f) for f in page.frames[1:]), "the LMS confirms the new activity")
     page.goto(f"https://localhost:{port}/emulator/")
     assert page.locator(".activity", has_text="Linux desktop").count() >= 1

@@ -14,23 +14,19 @@ from sqlalchemy import select
 
 from app import create_app
 from broker.config import Settings
-from broker.models import Backend, Image, Lab, ScoreOutbox
+from broker.models import Lab, ScoreOutbox
 from broker.runtime import Runtime
 from broker.scores import record_score
 from lti.emulator import launches, site, store
 from lti.emulator.registration import register_with_tool
 from tests.conftest import make_settings
 from tests.emulator.flow import auto_forms
-from tests.support.http import LiveServer, free_port, serve
+from tests.support.world import add_lab_catalogue
+from tests.support.http import LiveServer, serve
 from tests.support.waiting import wait_until
 from tests.support.workers import WorkerPool
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def port() -> int:
-    return free_port()
 
 
 @pytest.fixture
@@ -40,10 +36,7 @@ def settings(db_url: str, tmp_path: Path, redis_client: Redis, port: int) -> Set
 
 @pytest.fixture
 def lms(rt: Runtime, port: int, tmp_path: Path) -> Iterator[LiveServer]:
-    with rt.session() as db:
-        db.add(Backend(name="fake", kind="fake", config={"state_dir": str(tmp_path / "fake")}))
-        db.add(Image(slug="local-desktop", title="Linux desktop", protocol="vnc", spec={}))
-        db.commit()
+    add_lab_catalogue(rt, str(tmp_path / "fake"), "local-desktop")
     register_with_tool(rt)
     yield from serve(create_app(rt.settings, rt), port)
 

@@ -6,7 +6,6 @@ fail exactly one check, and asserts what the person sees (a 4xx page with a reas
 
 from __future__ import annotations
 
-import logging
 import time
 from pathlib import Path
 from typing import Iterator
@@ -19,20 +18,16 @@ from sqlalchemy import select
 
 from app import create_app
 from broker.config import Settings
-from broker.models import Backend, Image, Lab, Membership, User
+from broker.models import Lab, Membership, User
 from broker.runtime import Runtime
 from lti import platforms
 from lti.models import Deployment
 from tests.conftest import make_settings
 from tests.lti.signing_platform import INSTRUCTOR, REMOVE, Browser, SigningPlatform
-from tests.support.http import LiveServer, free_port, serve
+from tests.support.world import add_lab_catalogue
+from tests.support.http import LiveServer, serve
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def port() -> int:
-    return free_port()
 
 
 @pytest.fixture
@@ -50,10 +45,7 @@ def platform() -> Iterator[SigningPlatform]:
 @pytest.fixture
 def tool(rt: Runtime, port: int, platform: SigningPlatform, tmp_path: Path) -> Iterator[LiveServer]:
     platforms.add(rt, **platform.registration())
-    with rt.session() as db:
-        db.add(Backend(name="fake", kind="fake", config={"state_dir": str(tmp_path / "fake")}))
-        db.add(Image(slug="linux-desktop", title="Linux desktop", protocol="vnc", spec={}))
-        db.commit()
+    add_lab_catalogue(rt, str(tmp_path / "fake"), "linux-desktop")
     yield from serve(create_app(rt.settings, rt), port)
 
 

@@ -14,19 +14,15 @@ from sqlalchemy import select
 
 from app import create_app
 from broker.config import Settings
-from broker.models import Backend, Image, Lab, Membership, User
+from broker.models import Lab, Membership, User
 from broker.runtime import Runtime
 from lti import platforms
 from tests.conftest import make_settings
-from tests.support.http import LiveServer, free_port, serve
+from tests.support.world import add_lab_catalogue
+from tests.support.http import LiveServer, serve
 from tests.support.openedx_platform import OpenEdxPlatform, openedx_missing
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(openedx_missing() is not None, reason=str(openedx_missing()))]
-
-
-@pytest.fixture
-def port() -> int:
-    return free_port()
 
 
 @pytest.fixture
@@ -36,10 +32,7 @@ def settings(db_url: str, tmp_path: Path, redis_client: Redis, port: int) -> Set
 
 @pytest.fixture
 def tool(rt: Runtime, port: int, tmp_path: Path) -> Iterator[LiveServer]:
-    with rt.session() as db:
-        db.add(Backend(name="fake", kind="fake", config={"state_dir": str(tmp_path / "fake")}))
-        db.add(Image(slug="linux-desktop", title="Linux desktop", protocol="vnc", spec={}))
-        db.commit()
+    add_lab_catalogue(rt, str(tmp_path / "fake"), "linux-desktop")
     yield from serve(create_app(rt.settings, rt), port)
 
 

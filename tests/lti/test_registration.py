@@ -39,11 +39,6 @@ TIMEOUT = 1  # settings.lti_http_timeout for these tests
 
 
 @pytest.fixture
-def port() -> int:
-    return free_port()
-
-
-@pytest.fixture
 def settings(db_url: str, tmp_path: Path, redis_client: Redis, port: int) -> Settings:
     return make_settings(db_url, tmp_path, public_url=f"http://127.0.0.1:{port}", lti_http_timeout=TIMEOUT, emulator=False)
 

@@ -47,3 +47,12 @@ def add_learner(rt: Runtime, subject: str) -> int:
         session.add(user)
         session.commit()
         return user.id
+
+
+def add_lab_catalogue(rt: Runtime, state_dir: str, slug: str) -> None:
+    """What an LTI launch needs to open a lab: the fake backend (named by `default_backend = "fake"`) and
+    the image a link's `lab` custom parameter names."""
+    with rt.session() as session:
+        session.add(Backend(name="fake", kind="fake", config={"state_dir": state_dir}))
+        session.add(Image(slug=slug, title="Linux desktop", description="A light desktop", protocol="vnc", spec={}))
+        session.commit()
