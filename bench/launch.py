@@ -78,9 +78,8 @@ LAB = "bench-lab"
 LINK = {"id": "bench-link", "title": "Bench lab"}
 CONTEXT = {"id": "bench-course", "title": "Bench course"}
 
-# Each wrk thread takes every `stride`-th prepared launch, sends it once, and stops when it has none left
-# (the request it returns then is a cheap static file whose 200 is counted apart, never as a launch).
-LAUNCH_LUA = r"""
+# Both scripts: each wrk thread gets a slot number, so it can take every `stride`-th prepared line.
+LUA_THREADS = r"""
 local source, stride, threads, counter = "{source}", {stride}, {{}}, 0
 
 function setup(thread)
@@ -88,7 +87,11 @@ function setup(thread)
   counter = counter + 1
   table.insert(threads, thread)
 end
+"""
 
+# Each wrk thread takes every `stride`-th prepared launch, sends it once, and stops when it has none left
+# (the request it returns then is a cheap static file whose 200 is counted apart, never as a launch).
+LAUNCH_LUA = LUA_THREADS + r"""
 function init(args)
   items, sent, ok, bad, tail, statuses = {{}}, 0, 0, 0, 0, {{}}
   local n = 0
@@ -143,15 +146,7 @@ end
 """
 
 # The lab page: each wrk thread cycles over its share of the learners' sessions; anything but 200 is bad.
-PAGE_LUA = r"""
-local source, stride, threads, counter = "{source}", {stride}, {{}}, 0
-
-function setup(thread)
-  thread:set("slot", counter)
-  counter = counter + 1
-  table.insert(threads, thread)
-end
-
+PAGE_LUA = LUA_THREADS + r"""
 function init(args)
   items, sent, ok, bad, statuses = {{}}, 0, 0, 0, {{}}
   local n = 0
