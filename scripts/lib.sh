@@ -55,3 +55,12 @@ ensure_venv() {
     touch "$stamp"
   fi
 }
+
+# The browser libraries of package-lock.json (guacamole-common-js), served by web/vendor.py.
+ensure_npm_assets() {
+  if ! command -v npm >/dev/null 2>&1; then need_apt nodejs npm; fi
+  if [ ! -d node_modules/guacamole-common-js ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+    echo "installing browser libraries into node_modules (npm ci)"
+    npm ci --no-audit --no-fund --loglevel=error
+  fi
+}
