@@ -25,12 +25,14 @@ from web.errors import register_error_pages
 from web.health import health
 from web.pages import pages
 from web.csrf import protect
+from web.desktop import desktop
 from web.presence import PresenceRoute
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 import lti.web
 from lti.cli import keys, platforms
 from lti.grades_cli import grades
+from tunnel.cli import tunnel
 
 
 def create_app(settings: Settings | None = None, rt: Runtime | None = None) -> Flask:
@@ -42,7 +44,7 @@ def create_app(settings: Settings | None = None, rt: Runtime | None = None) -> F
     app.config.update(SECRET_KEY=secret_key(settings), **cookie_policy(settings))
     app.extensions["labdesk"] = rt
     app.url_map.converters["id"] = RowId
-    for blueprint in (pages, api, health):
+    for blueprint in (pages, api, desktop, health):
         app.register_blueprint(blueprint)
     protect(app)
     lti.web.register(app, settings.emulator)
@@ -83,7 +85,7 @@ def cli() -> None:
     """LabDesk: remote lab desktops for learners."""
 
 
-for _command in (*COMMANDS, platforms, keys, grades):
+for _command in (*COMMANDS, platforms, keys, grades, tunnel):
     cli.add_command(_command)
 
 

@@ -294,6 +294,7 @@ def run_all(host: str, port: int, workers: int) -> None:
     me = [sys.executable, "-m", "app"]
     children = [subprocess.Popen(me + ["worker"]) for _ in range(workers)]
     children.append(subprocess.Popen(me + ["scheduler"]))
+    children.append(subprocess.Popen(me + ["tunnel"]))
     children.append(subprocess.Popen([sys.executable, "-m", "gunicorn", "-b", f"{host}:{port}", "-w", "2",
                                       "-k", "gthread", "--threads", "8", "app:create_app()"]))
     click.echo(f"LabDesk is running at http://{host}:{port}/  (Ctrl-C stops it)")

@@ -67,6 +67,13 @@ class Settings:
     jwks_cache_seconds: int = 300
     outbox_interval: int = 30  # the grade outbox sweep
     outbox_give_up_after: int = 7 * 24 * 3600  # a score still undelivered after this is marked failed
+    # Desktop streaming (docs/desktop.md).
+    tunnel_listen: str = "127.0.0.1:8001"  # where `labdesk tunnel` listens
+    tunnel_url: str = ""  # the tunnel as browsers reach it; empty: public_url's host, tunnel_listen's port, /tunnel
+    guacd_hosts: tuple[str, ...] = ("127.0.0.1:4822",)  # host:port of each guacd
+    guacd_check_interval: int = 10  # health check of each guacd
+    tunnel_token_ttl: int = 60  # a connection token is single use and valid this long (at most 60)
+    tunnel_max_connections: int = 4000  # per tunnel process; more are refused with "server busy"
 
     @property
     def sqlalchemy_url(self) -> str:

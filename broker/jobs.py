@@ -14,7 +14,7 @@ from datetime import timedelta
 from rq import Retry, get_current_job
 from sqlalchemy.orm import Session
 
-from broker import runtime
+from broker import endpoints, runtime
 from broker.clock import utcnow
 from broker.connector import Connector, LabSpec, ObservedState
 from broker.dispatch import JobRequest
@@ -97,7 +97,7 @@ def _drive(session: Session, lab: Lab, step: Step, connector: Connector) -> Retr
         return _finish(session, lab, step)
     seen = connector.observe(lab.handle)
     if seen.state == step.want:
-        return _finish(session, lab, step)
+        return _finish(session, lab, step, connector)
     if seen.state in (ObservedState.ERROR, ObservedState.GONE):
         _fail(session, lab, "The lab machine stopped unexpectedly. Reset the lab to start again.", seen.message)
         return None
@@ -117,12 +117,17 @@ def _call_backend(session: Session, lab: Lab, step: Step, connector: Connector) 
     session.commit()
 
 
-def _finish(session: Session, lab: Lab, step: Step) -> None:
+def _finish(session: Session, lab: Lab, step: Step, connector: Connector | None = None) -> None:
     rt = runtime.current()
-    fields = {"progress": 100, "message": ""}
+    fields: dict[str, object] = {"progress": 100, "message": ""}
     if step.next == S.RUNNING:
         now = utcnow()
         fields.update(last_active_at=now, idle_deadline=now + timedelta(seconds=lab.activity.idle_suspend_after))
+    if step.next == S.RUNNING and connector is not None and lab.handle is not None:
+        # Asked on every arrival in `running`: a backend may move a lab when it resumes it.
+        fields.update(endpoints=endpoints.seal(rt.vault, connector.endpoints(lab.handle)))
+    if step.next == S.DELETED:
+        fields.update(endpoints=None)
     transition(session, rt.settings, lab.id, S(lab.state), step.next, _move(f"backend reports {step.want.value}"), **fields)
     return None
 
@@ -154,7 +159,7 @@ def _clear_failures() -> None:
 
 def _fail(session: Session, lab: Lab, user_message: str, reason: str) -> None:
     rt = runtime.current()
-    transition(session, rt.settings, lab.id, S(lab.state), S.FAILED, _move(reason), message=user_message[:500])
+    transition(session, rt.settings, lab.id, S(lab.state), S.FAILED, _move(reason), message=user_message[:500], endpoints=None)
 
 
 def _move(reason: str) -> Move:

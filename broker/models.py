@@ -155,6 +155,8 @@ class Lab(Base):
     idle_deadline: Mapped[datetime | None] = mapped_column()
     state_changed_at: Mapped[datetime] = mapped_column(default=utcnow)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Where guacd reaches the running lab, credentials included: sealed by the vault (broker.endpoints).
+    endpoints: Mapped[bytes | None] = mapped_column(LargeBinary)
 
     user: Mapped[User] = relationship()
     activity: Mapped[Activity] = relationship()
@@ -174,6 +176,20 @@ class LabEvent(Base):
     reason: Mapped[str] = mapped_column(String(500), default="")
     actor: Mapped[str] = mapped_column(String(255), default="system")
     job_id: Mapped[str | None] = mapped_column(String(255))
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AuditEvent(Base):
+    """Who did what to whose lab, beyond state changes: an instructor watching a learner's desktop."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (Index("ix_audit_events_lab_id_at", "lab_id", "at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    lab_id: Mapped[int | None] = mapped_column(ForeignKey("labs.id"))
+    actor: Mapped[str] = mapped_column(String(255))
+    action: Mapped[str] = mapped_column(String(64))
+    detail: Mapped[str] = mapped_column(String(500), default="")
     at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

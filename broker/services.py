@@ -15,7 +15,7 @@ from broker.clock import utcnow
 from broker.errors import InvalidTransition, LabDeskError, ServiceUnavailable
 from broker.jobs import job_request
 from broker.lifecycle import ALLOWED, LabState, Move, sources_of, transition
-from broker.models import ENDED_STATES, Activity, Lab, LabEvent, User
+from broker.models import ENDED_STATES, Activity, Lab, LabEvent, Membership, User
 from broker.runtime import Runtime
 
 S = LabState
@@ -64,6 +64,24 @@ def launch(rt: Runtime, user_id: int, activity_id: int, actor: str) -> Lab:
         if lab.state == S.SUSPENDED:
             _request(rt, session, lab, S.RESUMING, Move("learner came back", actor))
         return lab
+
+
+def reset(rt: Runtime, user_id: int, lab_id: int) -> Lab:
+    """Throw the learner's lab away and start a fresh one from the image (the lab page's "Reset lab")."""
+    _require_queue(rt)
+    with rt.session() as session:
+        lab = session.get(Lab, lab_id)
+        if lab is None or lab.user_id != user_id or lab.state in ENDED_STATES:
+            raise NotFound(f"no live lab {lab_id} of user {user_id}")
+        activity_id, actor = lab.activity_id, f"user:{user_id}"
+        _request(rt, session, lab, S.DELETING, Move("learner reset the lab", actor))
+    return launch(rt, user_id, activity_id, actor)
+
+
+def is_instructor(session: Session, course_id: int, user_id: int) -> bool:
+    """Whether the LMS last said this user teaches this course (instructor view, watching desktops)."""
+    role = session.scalar(select(Membership.role).where(Membership.course_id == course_id, Membership.user_id == user_id))
+    return role == "instructor"
 
 
 def request_state(rt: Runtime, lab_id: int, target: LabState, actor: str, reason: str) -> Lab:

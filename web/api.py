@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from flask import Blueprint, abort, jsonify
 
+from redis.exceptions import RedisError
+
+from broker import endpoints
 from broker.models import Lab
+from tunnel.live import watchers_key
 from web.context import rt, user_id
 
 api = Blueprint("api", __name__, url_prefix="/api")
@@ -16,7 +20,10 @@ def lab_status(lab_id: int):  # type: ignore[no-untyped-def]
         lab = session.get(Lab, lab_id)
         if lab is None or lab.user_id != user_id():
             abort(404)
-        return jsonify(lab_json(lab, rt().settings.keepalive_interval))
+        answer = lab_json(lab, rt().settings.keepalive_interval)
+        answer["hosts"] = endpoints.public_hosts(endpoints.unseal(rt().vault, lab.endpoints))
+        answer["watchers"] = watchers(lab.id)
+        return jsonify(answer)
 
 
 def lab_json(lab: Lab, keepalive_interval: int) -> dict[str, object]:
@@ -26,6 +33,19 @@ def lab_json(lab: Lab, keepalive_interval: int) -> dict[str, object]:
         "state": lab.state,
         "progress": lab.progress,
         "message": lab.message,
+        "error_kind": ERROR_KINDS.get(lab.state),
         "activity": lab.activity.title,
         "keepalive_interval": lab.activity.keepalive_interval or keepalive_interval,
     }
+
+
+# States the lab page explains with what to do next, rather than a progress bar.
+ERROR_KINDS = {"failed": "failed", "deleting": "deleted", "deleted": "deleted"}
+
+
+def watchers(lab_id: int) -> list[str]:
+    """The names of instructors watching this lab's desktop now (the tunnel records them)."""
+    try:
+        return sorted({name.decode() for name in rt().redis.hvals(watchers_key(lab_id))})
+    except RedisError:
+        return []

@@ -9,6 +9,7 @@ from flask import Blueprint, abort, redirect, render_template, request, session,
 from sqlalchemy import select
 
 from broker import services
+from broker.guacd_params import LAYOUTS
 from broker.models import Activity, Lab
 from web.context import remember_lab, rt, user_id
 
@@ -65,4 +66,6 @@ def lab_page(lab_id: int):  # type: ignore[no-untyped-def]
         if lab is None or lab.user_id != user_id():
             abort(404)
         remember_lab(lab.id)
-        return render_template("lab.html", lab=lab, settings=rt().settings, labels=STATE_LABELS)
+        return render_template(
+            "lab.html", lab=lab, settings=rt().settings, labels=STATE_LABELS, layouts=LAYOUTS, watch=False, learner_name=""
+        )

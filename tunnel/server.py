@@ -1,0 +1,182 @@
+"""The tunnel process: a WebSocket server that opens one guacd session per connection token.
+
+It is an asyncio process of its own (`labdesk tunnel`): a desktop session is a long-lived, mostly idle
+connection, and one event loop holds thousands of them in a few tens of kB each, where a thread or
+process per session could not (docs/desktop.md has the measurements). Database lookups, which are
+short and synchronous, run in the default thread pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import secrets
+from urllib.parse import parse_qs, urlsplit
+
+from redis.asyncio import Redis
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+from broker.config import Settings
+from broker.guacd_params import connection_params
+from broker.runtime import Runtime
+from broker.secrets import secret_key
+from broker.tunnel_tokens import USED_PREFIX, MAX_TTL, Grant, TokenMinter, TokenRefused
+from tunnel import access
+from tunnel.access import AccessRefused, Target
+from tunnel.guacd import ClientInfo, HandshakeError, connect
+from tunnel.hosts import Address, GuacdHosts, label, parse_address
+from tunnel.live import TTL, LiveSession, LiveSessions
+from tunnel.protocol import encode
+from tunnel.relay import relay
+
+log = logging.getLogger(__name__)
+PATH = "/tunnel"
+UNAUTHORIZED, SERVER_BUSY, UPSTREAM_NOT_FOUND, NOT_FOUND = 0x0301, 0x0201, 0x0207, 0x0204
+_TIMEZONE = re.compile(r"^[A-Za-z0-9_+\-/]{1,64}$")
+_MIMETYPE = re.compile(r"^[a-z]+/[A-Za-z0-9.+\-;=]{1,64}$")
+
+
+class TunnelServer:
+    """Everything one tunnel process shares between its sessions."""
+
+    def __init__(self, settings: Settings, rt: Runtime) -> None:
+        self.settings = settings
+        self.rt = rt
+        self.minter = TokenMinter(secret_key(settings), settings.tunnel_token_ttl)
+        self.redis = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
+        addresses = [parse_address(text) for text in settings.guacd_hosts]
+        self.hosts = GuacdHosts(addresses, self.redis, settings.guacd_check_interval)
+        self.live = LiveSessions(self.redis)
+        self.active = 0
+
+    async def serve(self, host: str, port: int, ready: asyncio.Event | None = None) -> None:
+        """Listen until cancelled, checking guacd and refreshing live records in the background."""
+        async with serve(
+            self.handle, host, port, subprotocols=["guacamole"],  # type: ignore[list-item]
+            compression=None, max_size=1 << 20, ping_interval=20, ping_timeout=20, close_timeout=2,
+        ) as server:
+            log.info("tunnel listening on ws://%s:%s%s for guacd %s", host, port, PATH, ", ".join(self.settings.guacd_hosts))
+            if ready is not None:
+                ready.set()
+            await asyncio.gather(self._every(self.settings.guacd_check_interval, self.hosts.check),
+                                 self._every(TTL / 3, self.live.refresh), _forever(server))
+
+    async def handle(self, ws: ServerConnection) -> None:
+        """One browser connection: check the token, open guacd, relay until either side ends."""
+        request = urlsplit(ws.request.path if ws.request else "")
+        if request.path != PATH:
+            return await _refuse(ws, "No such tunnel endpoint.", NOT_FOUND)
+        if self.active >= self.settings.tunnel_max_connections:
+            return await _refuse(ws, "The desktop service is busy. Try again in a minute.", SERVER_BUSY)
+        self.active += 1
+        try:
+            await self._session(ws, parse_qs(request.query))
+        finally:
+            self.active -= 1
+
+    async def _session(self, ws: ServerConnection, query: dict[str, list[str]]) -> None:
+        try:
+            grant = await self._grant(_first(query, "token"))
+            target = await asyncio.to_thread(access.resolve, self.rt, grant)
+            address, select = await self._route(target)
+        except TokenRefused as exc:
+            log.info("tunnel token refused: %s", exc.reason)
+            return await _refuse(ws, f"This desktop link cannot be used: {exc.reason}. Reload the page.", UNAUTHORIZED)
+        except AccessRefused as exc:
+            return await _refuse(ws, exc.message, exc.status)
+        params = connection_params(target.endpoint, target.read_only, _first(query, "layout"))
+        try:
+            guacd = await connect(address, select, params, client_info(query, target.viewer_name))
+        except HandshakeError as exc:
+            log.warning("lab %s: %s", target.lab_id, exc)
+            return await _refuse(ws, "The desktop service could not reach your lab. Retrying may help.", exc.status)
+        await self._relay(ws, grant, target, address, guacd)
+
+    async def _grant(self, token: str) -> Grant:
+        grant = self.minter.open(token)
+        if not await self.redis.set(USED_PREFIX + grant.jti, 1, nx=True, ex=MAX_TTL * 2 + 10):
+            raise TokenRefused("the token was already used")
+        return grant
+
+    async def _route(self, target: Target) -> tuple[Address, str]:
+        """Which guacd, and what to `select`: the lab's protocol, or for a watcher the live session's id."""
+        owner = await self.live.owner(target.lab_id)
+        if target.watch:
+            if owner is None:
+                raise AccessRefused("The learner is not connected right now. Try again when they are.", NOT_FOUND)
+            address = await self.hosts.choose(sticky=owner.guacd)
+            select = owner.connection_id  # guacd's ids start with "$", which `select` takes as "join"
+        else:
+            address = await self.hosts.choose(sticky=owner.guacd if owner else None) or await self.hosts.choose()
+            select = target.endpoint.protocol
+        if address is None:
+            raise AccessRefused("No desktop service is available right now. Try again in a minute.", UPSTREAM_NOT_FOUND)
+        return address, select
+
+    async def _relay(self, ws: ServerConnection, grant: Grant, target: Target, address: Address, guacd) -> None:  # type: ignore[no-untyped-def]
+        session = LiveSession(target.lab_id, label(address), guacd.connection_id)
+        watch_id = secrets.token_hex(8)
+        await self.hosts.opened(address)
+        if target.watch:
+            await self.live.watch(target.lab_id, watch_id, target.viewer_name)
+            await asyncio.to_thread(access.audit, self.rt, target.lab_id, grant.user_id, "watch.start", "read-only")
+        else:
+            await self.live.claim(session)
+        try:
+            ended = await relay(ws, guacd, target.read_only)
+            log.info("lab %s session on %s ended by %s: %s", target.lab_id, session.guacd, ended.by, ended.detail)
+        finally:
+            await self.hosts.closed(address)
+            if target.watch:
+                await self.live.unwatch(target.lab_id, watch_id)
+                await asyncio.to_thread(access.audit, self.rt, target.lab_id, grant.user_id, "watch.end", "")
+            else:
+                await self.live.release(session)
+            await ws.close()
+
+    async def _every(self, seconds: float, action) -> None:  # type: ignore[no-untyped-def]
+        while True:
+            try:
+                await action()
+            except Exception:  # a Redis or guacd hiccup must not end the loop
+                log.exception("tunnel background task failed")
+            await asyncio.sleep(seconds)
+
+
+def client_info(query: dict[str, list[str]], name: str) -> ClientInfo:
+    """The browser's screen and codecs from its query string, bounded and filtered; the name is ours."""
+    return ClientInfo(
+        width=_bounded(_first(query, "width"), 1024, 8192),
+        height=_bounded(_first(query, "height"), 768, 8192),
+        dpi=_bounded(_first(query, "dpi"), 96, 600),
+        audio=tuple(m for m in query.get("audio", [])[:8] if _MIMETYPE.match(m)),
+        video=tuple(m for m in query.get("video", [])[:8] if _MIMETYPE.match(m)),
+        image=tuple(m for m in query.get("image", [])[:8] if _MIMETYPE.match(m)) or ClientInfo.image,
+        timezone=tz if _TIMEZONE.match(tz := _first(query, "timezone")) else "",
+        name=name,
+    )
+
+
+def _first(query: dict[str, list[str]], key: str) -> str:
+    values = query.get(key)
+    return values[0] if values else ""
+
+
+def _bounded(text: str, default: int, limit: int) -> int:
+    return min(int(text), limit) if text.isdigit() and int(text) > 0 else default
+
+
+async def _refuse(ws: ServerConnection, message: str, status: int) -> None:
+    """Tell guacamole-common-js why, the way Guacamole does: an `error` instruction, then a close whose
+    reason is the status code."""
+    try:
+        await ws.send(encode("error", message, status))
+        await ws.close(code=1008 if status >= 0x0300 else 1011, reason=str(status))
+    except ConnectionClosed:
+        pass
+
+
+async def _forever(server: Server) -> None:
+    await server.serve_forever()
