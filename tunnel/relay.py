@@ -60,6 +60,8 @@ async def _guacd_to_browser(guacd: GuacdConnection, browser: Browser) -> Ended:
         instructions = guacd.instructions.feed(data)
         if instructions:
             await browser.send("".join(instruction.raw for instruction in instructions))
+        if any(instruction.opcode == "disconnect" for instruction in instructions):
+            return Ended("guacd", "guacd ended the session")  # it may hold the socket open for a minute more
 
 
 async def _browser_to_guacd(browser: Browser, guacd: GuacdConnection, read_only: bool) -> Ended:

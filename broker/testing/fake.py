@@ -8,7 +8,8 @@ same backend, or in memory when no directory is given. Settings script its behav
 - `fail` (`{"provision": "transient"}` …) and `fail_times` (how many calls fail before one succeeds,
   default for ever): which calls raise which error kind;
 - `capacity`: how many objects it holds before raising `CapacityError`;
-- `down`: `available()` answers False.
+- `down`: `available()` answers False;
+- `endpoints`: the desktop endpoints of every lab, as dicts of `DesktopEndpoint` fields.
 """
 
 from __future__ import annotations
@@ -83,8 +84,10 @@ class FakeConnector(Connector):
         self._remove(handle["key"])
 
     def endpoints(self, handle: Handle) -> list[DesktopEndpoint]:
+        """`endpoints` from the settings (dicts of DesktopEndpoint fields), else one VNC desktop."""
         self._call("endpoints")
-        return [DesktopEndpoint("vnc", "127.0.0.1", 5900, password="fake-secret")]
+        configured = self.config.get("endpoints") or [{"protocol": "vnc", "host": "127.0.0.1", "port": 5900, "password": "fake-secret"}]
+        return [DesktopEndpoint(**item) for item in configured]
 
     def list_managed(self) -> list[ManagedObject]:
         self._call("list_managed")

@@ -17,16 +17,14 @@ ROOT = Path(__file__).resolve().parents[2]
 def settings_env(settings: Settings) -> dict[str, str]:
     """Environment that gives a child process exactly these settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LABDESK_")}
-    env.update(
-        LABDESK_DATA_DIR=settings.data_dir,
-        LABDESK_DATABASE_URL=settings.sqlalchemy_url,
-        LABDESK_REDIS_URL=settings.redis_url,
-        LABDESK_ENCRYPTION_KEYS=",".join(settings.encryption_keys),
-        PYTHONUNBUFFERED="1",
-    )
     for field in dataclasses.fields(settings):
-        if field.type == "int":
-            env[f"LABDESK_{field.name.upper()}"] = str(getattr(settings, field.name))
+        value = getattr(settings, field.name)
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        elif isinstance(value, tuple):
+            value = ",".join(value)
+        env[f"LABDESK_{field.name.upper()}"] = str(value)
+    env.update(LABDESK_DATABASE_URL=settings.sqlalchemy_url, PYTHONUNBUFFERED="1")
     return env
 
 

@@ -1,0 +1,54 @@
+"""A real `labdesk tunnel` process for the tests, on a free port, stopped by PID."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from broker.config import Settings
+from tests.support.workers import ROOT, settings_env
+
+
+class TunnelProcess:
+    """`labdesk tunnel --listen 127.0.0.1:<port>` with the test's settings (same database, Redis, keys)."""
+
+    def __init__(self, settings: Settings, log_dir: Path, port: int) -> None:
+        self.settings = settings
+        self.port = port
+        self.log_path = log_dir / f"tunnel-{port}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/tunnel"
+
+    def start(self) -> "TunnelProcess":
+        log = open(self.log_path, "wb")
+        args = [sys.executable, "-m", "app", "tunnel", "--listen", f"127.0.0.1:{self.port}"]
+        self.process = subprocess.Popen(args, cwd=ROOT, env=settings_env(self.settings), stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the tunnel exited at start:\n{self.log()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"the tunnel did not listen within 20 s:\n{self.log()}")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
