@@ -134,7 +134,24 @@ def _build(values: Mapping[str, tuple[Any, str]]) -> Settings:
         if key not in known:
             raise ConfigError(f"{origin}: unknown setting '{key}'")
         converted[key] = _convert(known[key], value, origin)
-    return dataclasses.replace(Settings(), **converted)
+    settings = dataclasses.replace(Settings(), **converted)
+    _check_desktop(settings)
+    return settings
+
+
+def _check_desktop(settings: Settings) -> None:
+    """The tunnel's settings, checked here so a typo stops `labdesk run`, not the first learner."""
+    if settings.tunnel_token_ttl > 60:
+        raise ConfigError(f"tunnel_token_ttl: at most 60 seconds, got {settings.tunnel_token_ttl}")
+    if not settings.guacd_hosts:
+        raise ConfigError("guacd_hosts: name at least one guacd as host:port")
+    for entry in (*settings.guacd_hosts, settings.tunnel_listen):
+        host, _, port = entry.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            which = "tunnel_listen" if entry == settings.tunnel_listen else "guacd_hosts"
+            raise ConfigError(f"{which}: expected host:port, got {entry!r}")
+    if settings.tunnel_url and not settings.tunnel_url.startswith(("ws://", "wss://")):
+        raise ConfigError(f"tunnel_url: expected a ws:// or wss:// URL, got {settings.tunnel_url!r}")
 
 
 def _convert(spec: dataclasses.Field[Any], value: Any, origin: str) -> Any:

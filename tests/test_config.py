@@ -73,6 +73,11 @@ def test_encryption_keys_come_from_a_comma_separated_variable(elsewhere: Path) -
         ({"LABDESK_ORPHAN_GRACE": "0"}, "LABDESK_ORPHAN_GRACE: expected a positive whole number, got '0'"),
         ({"LABDESK_REAP_AFTER_DAYS": "-3"}, "LABDESK_REAP_AFTER_DAYS: expected a positive whole number, got '-3'"),
         ({"LABDESK_DEV_LOGIN": "maybe"}, "LABDESK_DEV_LOGIN: expected true or false, got 'maybe'"),
+        ({"LABDESK_TUNNEL_TOKEN_TTL": "300"}, "tunnel_token_ttl: at most 60 seconds, got 300"),
+        ({"LABDESK_GUACD_HOSTS": "guacd.example"}, "guacd_hosts: expected host:port, got 'guacd.example'"),
+        ({"LABDESK_GUACD_HOSTS": ","}, "guacd_hosts: name at least one guacd as host:port"),
+        ({"LABDESK_TUNNEL_LISTEN": "0.0.0.0:99999"}, "tunnel_listen: expected host:port, got '0.0.0.0:99999'"),
+        ({"LABDESK_TUNNEL_URL": "https://x/tunnel"}, "tunnel_url: expected a ws:// or wss:// URL, got 'https://x/tunnel'"),
     ],
 )
 def test_a_bad_variable_is_refused_naming_it(elsewhere: Path, environ: dict[str, str], message: str) -> None:
