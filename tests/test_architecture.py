@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tests.support.workers import ROOT
 
-PACKAGES = ("broker", "web", "lti", "connectors", "grading_hooks")
+PACKAGES = ("broker", "web", "lti", "connectors", "grading_hooks", "tunnel")
 LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
 
 # One forbidden import per contract, each in a new module of a copied tree.
@@ -25,6 +25,7 @@ VIOLATIONS = {
     "grading_hooks/violation.py": "from broker import services\n",
     "web/violation.py": "from connectors.local import connector\n",
     "lti/violation.py": "import app\n",
+    "tunnel/violation.py": "import flask\n",
 }
 
 
@@ -49,7 +50,7 @@ def test_every_rule_catches_a_violation(tmp_path: Path) -> None:
 
     result = lint_imports(tmp_path)
     assert result.returncode == 1
-    assert "Contracts: 0 kept, 6 broken." in result.stdout, result.stdout
+    assert "Contracts: 0 kept, 7 broken." in result.stdout, result.stdout
     for needle in (
         "connectors is not allowed to import broker.models",
         "connectors.vagrant is not allowed to import connectors.local",
@@ -57,5 +58,6 @@ def test_every_rule_catches_a_violation(tmp_path: Path) -> None:
         "grading_hooks is not allowed to import broker.services",
         "web is not allowed to import connectors",
         "lti is not allowed to import app",
+        "tunnel is not allowed to import flask",
     ):
         assert needle in result.stdout
