@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
+import signal
 
 import click
 
@@ -23,9 +24,19 @@ def tunnel(listen: str | None) -> None:
     host, port = parse_address(listen or rt.settings.tunnel_listen)
     raise_file_limit()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(_until_stopped(TunnelServer(rt.settings, rt), host, port))
+
+
+async def _until_stopped(server: TunnelServer, host: str, port: int) -> None:
+    """Serve until SIGTERM or SIGINT; then every session says `disconnect` to guacd and the browser hears
+    "going away" (its page reconnects to another tunnel process) before the process exits."""
+    serving = asyncio.ensure_future(server.serve(host, port))
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, serving.cancel)
     try:
-        asyncio.run(TunnelServer(rt.settings, rt).serve(host, port))
-    except KeyboardInterrupt:
+        await serving
+    except asyncio.CancelledError:
         pass
 
 
