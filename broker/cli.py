@@ -289,7 +289,7 @@ def scheduler() -> None:
 @click.option("--workers", default=2, show_default=True, help="rq worker processes.")
 @fails_cleanly
 def run_all(host: str, port: int, workers: int) -> None:
-    """Development: web, workers and scheduler together, until Ctrl-C."""
+    """Development: web, tunnel, workers and scheduler together, until Ctrl-C."""
     migrate.upgrade(rt().settings)
     me = [sys.executable, "-m", "app"]
     children = [subprocess.Popen(me + ["worker"]) for _ in range(workers)]
@@ -298,6 +298,7 @@ def run_all(host: str, port: int, workers: int) -> None:
     children.append(subprocess.Popen([sys.executable, "-m", "gunicorn", "-b", f"{host}:{port}", "-w", "2",
                                       "-k", "gthread", "--threads", "8", "app:create_app()"]))
     click.echo(f"LabDesk is running at http://{host}:{port}/  (Ctrl-C stops it)")
+    click.echo(f"Desktop tunnel on {rt().settings.tunnel_listen}, relaying to guacd at {', '.join(rt().settings.guacd_hosts)}")
     if rt().settings.emulator:
         click.echo(f"Built-in LMS emulator: http://{host}:{port}/emulator/  (launch as a learner or an instructor)")
     _wait_then_stop(children)

@@ -64,3 +64,27 @@ ensure_npm_assets() {
     npm ci --no-audit --no-fund --loglevel=error
   fi
 }
+
+# guacd (Apache Guacamole's protocol daemon) turns a lab's VNC/RDP/SSH into the stream the lab page shows.
+# Debian does not package it: use one already answering, else a guacd on PATH, else Docker's official
+# image; otherwise say exactly what to install (labs still run, the page says the stream is unavailable).
+ensure_guacd() {
+  local first="${1%%,*}" host port
+  host="${first%:*}" port="${first##*:}"
+  if (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null; then echo "guacd answers at $host:$port"; return 0; fi
+  if command -v guacd >/dev/null 2>&1; then
+    echo "starting guacd on $host:$port"
+    guacd -b "$host" -l "$port" && sleep 1 && return 0
+  fi
+  if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
+    echo "starting guacd from Docker's guacamole/guacd image on $host:$port"
+    if docker run -d --rm --name labdesk-guacd -p "$host:$port:4822" guacamole/guacd >/dev/null; then sleep 2; return 0; fi
+  fi
+  cat >&2 <<MSG
+warning: no guacd answers at $host:$port, so the lab page cannot show desktops yet (labs still start).
+  guacd 1.5 or newer is needed. Debian does not package it; either
+    - run Docker's image:   docker run -d -p $host:$port:4822 guacamole/guacd
+    - or build it from the Apache Guacamole source (about 5 minutes): see docs/desktop.md, "Installing guacd"
+  then run ./scripts/demo again (or point LABDESK_GUACD_HOSTS at a guacd elsewhere).
+MSG
+}
