@@ -146,7 +146,11 @@ async def answer_syncs(connection: GuacdConnection, seconds: float) -> list[Inst
     """Read for `seconds`, answering each `sync` as a browser would; return what arrived (tools, tests)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
-    seen = list(connection.early)
+    seen = list(connection.early)  # what came with `ready` (often the first frame's sync): answer it too, once
+    connection.early.clear()
+    for instruction in seen:
+        if instruction.opcode == "sync":
+            connection.writer.write(encode("sync", *instruction.args[:1]).encode())
     while (left := deadline - loop.time()) > 0:
         try:
             data = await asyncio.wait_for(connection.reader.read(READ_SIZE), left)
