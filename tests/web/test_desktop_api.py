@@ -1,0 +1,144 @@
+"""The lab page's desktop API over real HTTP: who gets a connection token, what it reveals, watching, reset.
+
+People arrive as an LMS sends them, through the built-in emulator's signed launches, so the instructor
+carries the role the LMS gave them.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import requests
+from redis import Redis
+from sqlalchemy import select
+
+from app import create_app
+from broker.config import Settings
+from broker.models import Backend, Lab
+from broker.runtime import Runtime
+from broker.tunnel_tokens import TokenMinter
+from lti.emulator import launches
+from lti.emulator.registration import register_with_tool
+from tests.conftest import make_settings
+from tests.emulator.flow import auto_forms
+from tests.support.http import LiveServer, serve
+from tests.support.inline import lab_state, run_queued_jobs
+from tests.support.world import add_lab_catalogue
+
+pytestmark = pytest.mark.slow
+SECRET_PARTS = ("10.9.8.7", "5901", "pw-XYZ", "10.9.8.8")
+ENDPOINTS = [
+    {"protocol": "vnc", "host": "10.9.8.7", "port": 5901, "password": "pw-XYZ"},
+    {"protocol": "ssh", "host": "10.9.8.8", "port": 22, "username": "lab", "password": "pw-XYZ", "name": "server"},
+]
+
+
+@pytest.fixture
+def settings(db_url: str, tmp_path: Path, redis_client: Redis, port: int) -> Settings:
+    return make_settings(db_url, tmp_path, public_url=f"http://127.0.0.1:{port}", default_backend="fake")
+
+
+@pytest.fixture
+def lms(rt: Runtime, port: int, tmp_path: Path) -> Iterator[LiveServer]:
+    add_lab_catalogue(rt, str(tmp_path / "fake"), "local-desktop")
+    with rt.session() as db:
+        backend = db.scalar(select(Backend).where(Backend.name == "fake"))
+        backend.config = {"state_dir": str(tmp_path / "fake"), "endpoints": ENDPOINTS}
+        db.commit()
+    register_with_tool(rt)
+    yield from serve(create_app(rt.settings, rt), port)
+
+
+class Person:
+    """A browser that arrived through an emulator launch."""
+
+    def __init__(self, rt: Runtime, sub: str) -> None:
+        self.http = requests.Session()
+        page = self.http.get(launches.start(rt, sub), timeout=10)
+        form = auto_forms(page.text)[0]
+        self.landed = self.http.post(form.action, data=form.fields, timeout=10)
+        assert self.landed.status_code == 200, self.landed.text
+        self.base = form.action.split("/lti/")[0]
+
+    def csrf(self, path: str) -> str:
+        found = re.search(r'name="csrf_token" value="([^"]+)"', self.http.get(self.base + path, timeout=10).text)
+        assert found, f"no CSRF token on {path}"
+        return found.group(1)
+
+    def post(self, path: str, csrf_from: str, **kwargs: object) -> requests.Response:
+        headers = {"X-CSRF-Token": self.csrf(csrf_from)}
+        return self.http.post(self.base + path, headers=headers, timeout=10, **kwargs)  # type: ignore[arg-type]
+
+
+def learner_with_running_lab(rt: Runtime, sub: str) -> tuple[Person, int]:
+    person = Person(rt, sub)
+    lab_id = int(person.landed.url.rsplit("/", 1)[1])
+    run_queued_jobs(rt)
+    assert lab_state(rt, lab_id) == "running"
+    return person, lab_id
+
+
+def test_a_learner_gets_a_token_for_their_running_lab_and_nothing_secret(lms: LiveServer, rt: Runtime) -> None:
+    ada, lab_id = learner_with_running_lab(rt, "emu-learner-1")
+    page = f"/labs/{lab_id}"
+    answer = ada.post(f"/api/labs/{lab_id}/connection", page, json={"host": "server"})
+    assert answer.status_code == 200
+    body = answer.json()
+    assert body["host"] == "server" and body["protocol"] == "ssh"
+    assert body["hosts"] == [{"name": "main", "protocol": "vnc"}, {"name": "server", "protocol": "ssh"}]
+    assert body["tunnel_url"] == "ws://127.0.0.1:8001/tunnel"
+    grant = TokenMinter("test-secret").open(body["token"])
+    assert (grant.lab_id, grant.host, grant.read_only, grant.watch) == (lab_id, "server", False, False)
+    status = ada.http.get(f"{ada.base}/api/labs/{lab_id}", timeout=10)
+    for text in (answer.text, status.text, ada.http.get(ada.base + page, timeout=10).text):
+        assert not [part for part in SECRET_PARTS if part in text], "no address, port or password reaches the browser"
+    assert status.json()["hosts"] == body["hosts"] and status.json()["watchers"] == []
+
+
+def test_tokens_are_refused_without_csrf_for_others_and_for_labs_not_running(lms: LiveServer, rt: Runtime) -> None:
+    ada, lab_id = learner_with_running_lab(rt, "emu-learner-1")
+    bob, _ = learner_with_running_lab(rt, "emu-learner-2")
+    assert ada.http.post(f"{ada.base}/api/labs/{lab_id}/connection", json={}, timeout=10).status_code == 400
+    assert bob.post(f"/api/labs/{lab_id}/connection", "/", json={}).status_code == 404
+    unknown = ada.post(f"/api/labs/{lab_id}/connection", f"/labs/{lab_id}", json={"host": "nope"})
+    assert unknown.status_code == 404 and "no machine called 'nope'" in unknown.json()["error"]
+    with rt.session() as db:
+        db.get(Lab, lab_id).state = "suspended"
+        db.commit()
+    refused = ada.post(f"/api/labs/{lab_id}/connection", f"/labs/{lab_id}", json={})
+    assert refused.status_code == 409 and refused.json()["state"] == "suspended"
+
+
+def test_only_an_instructor_of_the_course_may_watch_and_only_read_only(lms: LiveServer, rt: Runtime) -> None:
+    ada, lab_id = learner_with_running_lab(rt, "emu-learner-1")
+    bob, _ = learner_with_running_lab(rt, "emu-learner-2")
+    assert bob.post(f"/api/labs/{lab_id}/watch-connection", "/", json={}).status_code == 403
+    assert bob.http.get(f"{bob.base}/teach/labs/{lab_id}/watch", timeout=10).status_code == 403
+    teacher = Person(rt, "emu-instructor-1")
+    page = teacher.http.get(f"{teacher.base}/teach/labs/{lab_id}/watch", timeout=10)
+    with rt.session() as db:
+        learner_name = db.get(Lab, lab_id).user.name
+    assert page.status_code == 200 and f"Watching {learner_name}" in page.text and "read-only" in page.text
+    answer = teacher.post(f"/api/labs/{lab_id}/watch-connection", f"/teach/labs/{lab_id}/watch", json={})
+    assert answer.status_code == 200
+    grant = TokenMinter("test-secret").open(answer.json()["token"])
+    assert grant.watch and grant.read_only and grant.lab_id == lab_id
+    rt.redis.hset(f"labdesk:tunnel:watchers:{lab_id}", "s1", "Professor Plum")
+    assert ada.http.get(f"{ada.base}/api/labs/{lab_id}", timeout=10).json()["watchers"] == ["Professor Plum"]
+
+
+def test_reset_deletes_the_lab_and_starts_a_fresh_one(lms: LiveServer, rt: Runtime) -> None:
+    ada, lab_id = learner_with_running_lab(rt, "emu-learner-1")
+    bob, _ = learner_with_running_lab(rt, "emu-learner-2")
+    assert bob.post(f"/api/labs/{lab_id}/reset", "/", json={}).status_code == 404
+    answer = ada.post(f"/api/labs/{lab_id}/reset", f"/labs/{lab_id}", json={})
+    assert answer.status_code == 202
+    fresh = answer.json()["lab_id"]
+    assert fresh != lab_id and lab_state(rt, lab_id) == "deleting" and lab_state(rt, fresh) == "requested"
+    run_queued_jobs(rt)
+    assert lab_state(rt, lab_id) == "deleted" and lab_state(rt, fresh) == "running"
+    with rt.session() as db:
+        assert db.get(Lab, lab_id).endpoints is None, "a deleted lab keeps no credentials"
