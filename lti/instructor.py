@@ -44,6 +44,7 @@ def _rows(db, activity: Activity) -> list[dict[str, object]]:  # type: ignore[no
         dict(
             name=user.name, role=member.role, test_user=member.test_user,
             state=labs[user.id].state if user.id in labs else None,
+            lab_id=labs[user.id].id if user.id in labs else None,
             last_active=labs[user.id].last_active_at.strftime("%Y-%m-%d %H:%M UTC") if user.id in labs else None,
         )
         for member, user in members

@@ -118,6 +118,7 @@ def test_only_an_instructor_of_the_course_may_watch_and_only_read_only(lms: Live
     assert bob.post(f"/api/labs/{lab_id}/watch-connection", "/", json={}).status_code == 403
     assert bob.http.get(f"{bob.base}/teach/labs/{lab_id}/watch", timeout=10).status_code == 403
     teacher = Person(rt, "emu-instructor-1")
+    assert f'href="/teach/labs/{lab_id}/watch"' in teacher.landed.text, "the instructor view links to each running lab"
     page = teacher.http.get(f"{teacher.base}/teach/labs/{lab_id}/watch", timeout=10)
     with rt.session() as db:
         learner_name = db.get(Lab, lab_id).user.name
