@@ -9,6 +9,7 @@ short and synchronous, run in the default thread pool.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import secrets
@@ -16,6 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from redis.asyncio import Redis
 from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.http11 import Request, Response
 from websockets.exceptions import ConnectionClosed
 
 from broker.config import Settings
@@ -55,13 +57,23 @@ class TunnelServer:
         """Listen until cancelled, checking guacd and refreshing live records in the background."""
         async with serve(
             self.handle, host, port, subprotocols=["guacamole"],  # type: ignore[list-item]
-            compression=None, max_size=1 << 20, ping_interval=20, ping_timeout=20, close_timeout=2,
+            process_request=self._health, compression=None, max_size=1 << 20, ping_interval=20, ping_timeout=20, close_timeout=2,
         ) as server:
             log.info("tunnel listening on ws://%s:%s%s for guacd %s", host, port, PATH, ", ".join(self.settings.guacd_hosts))
             if ready is not None:
                 ready.set()
             await asyncio.gather(self._every(self.settings.guacd_check_interval, self.hosts.check),
                                  self._every(TTL / 3, self.live.refresh), _forever(server))
+
+    def _health(self, ws: ServerConnection, request: Request) -> Response | None:
+        """`GET /healthz` for load balancers: 200 while some guacd is up, else 503; sessions and guacd health."""
+        if urlsplit(request.path).path != "/healthz":
+            return None
+        up = {label(address): ok for address, ok in self.hosts.healthy.items()}
+        body = json.dumps({"sessions": self.active, "guacd": up})
+        response = ws.respond(200 if any(up.values()) else 503, body + "\n")
+        response.headers["Content-Type"] = "application/json"
+        return response
 
     async def handle(self, ws: ServerConnection) -> None:
         """One browser connection: check the token, open guacd, relay until either side ends."""

@@ -304,3 +304,16 @@ def test_sessions_spread_over_healthy_guacds_and_a_watcher_follows_the_learners_
     finally:
         tunnel.stop()
     assert "guacd 127.0.0.1:%d is DOWN" % guacds[0].address[1] in tunnel.log()
+
+
+def test_the_tunnel_reports_its_health_for_load_balancers(tunnel: TunnelProcess, guacds: list[GuacdDouble]) -> None:
+    import requests
+
+    health = requests.get(f"http://127.0.0.1:{tunnel.port}/healthz", timeout=5)
+    assert health.status_code == 200
+    assert health.json() == {"sessions": 0, "guacd": {f"127.0.0.1:{guacds[0].address[1]}": True}}
+    guacds[0].stop()
+    deadline = time.monotonic() + 5
+    while requests.get(f"http://127.0.0.1:{tunnel.port}/healthz", timeout=5).status_code != 503:
+        assert time.monotonic() < deadline, "the tunnel never noticed that its only guacd is down"
+        time.sleep(0.2)
