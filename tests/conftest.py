@@ -61,6 +61,15 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
+def sqlite_db_url(tmp_path: Path) -> str:
+    """A migrated SQLite database only: for tests that start processes (the embedded default's case),
+    where running them again on PostgreSQL would test nothing new."""
+    url = f"sqlite:///{tmp_path / 'labdesk.sqlite3'}"
+    migrate.upgrade(load_settings(environ={}, overrides={"database_url": url, "data_dir": str(tmp_path)}))
+    return url
+
+
+@pytest.fixture
 def pg_only(pg_url: str) -> str:
     """The PostgreSQL database, emptied: for tests of production-only behaviour (real concurrency)."""
     _empty_pg(pg_url)

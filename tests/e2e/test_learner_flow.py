@@ -17,8 +17,8 @@ import pytest
 from redis import Redis
 
 from app import create_app
-from broker import activity, migrate, schedule
-from broker.config import Settings, load_settings
+from broker import activity, schedule
+from broker.config import Settings
 from broker.connector import DesktopEndpoint
 from broker.models import Lab, LabEvent
 from broker.runtime import Runtime
@@ -44,11 +44,9 @@ ON_THE_WAY = {"requested", "provisioning", "Waiting for a lab machine…", "Prep
 
 
 @pytest.fixture
-def db_url(tmp_path: Path) -> str:
+def db_url(sqlite_db_url: str) -> str:
     """The embedded default's database: one host, SQLite shared by the web threads and the workers."""
-    url = f"sqlite:///{tmp_path / 'labdesk.sqlite3'}"
-    migrate.upgrade(load_settings(environ={}, overrides={"database_url": url, "data_dir": str(tmp_path)}))
-    return url
+    return sqlite_db_url
 
 
 @pytest.fixture

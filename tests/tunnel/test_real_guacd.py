@@ -15,8 +15,8 @@ from typing import Iterator
 import pytest
 from redis import Redis
 
-from broker import migrate, services
-from broker.config import Settings, load_settings
+from broker import services
+from broker.config import Settings
 from broker.runtime import Runtime
 from broker.tunnel_tokens import Grant, TokenMinter
 from connectors.local.connector import LocalConnector
@@ -41,10 +41,8 @@ pytestmark = [
 
 
 @pytest.fixture
-def db_url(tmp_path: Path) -> str:
-    url = f"sqlite:///{tmp_path / 'labdesk.sqlite3'}"
-    migrate.upgrade(load_settings(environ={}, overrides={"database_url": url, "data_dir": str(tmp_path)}))
-    return url
+def db_url(sqlite_db_url: str) -> str:
+    return sqlite_db_url
 
 
 @pytest.fixture

@@ -14,8 +14,8 @@ import pytest
 from redis import Redis
 from sqlalchemy import select
 
-from broker import migrate, services
-from broker.config import Settings, load_settings
+from broker import services
+from broker.config import Settings
 from broker.models import AuditEvent, Membership, User
 from broker.runtime import Runtime
 from broker.tunnel_tokens import Grant, TokenMinter
@@ -33,11 +33,9 @@ SECOND = {"protocol": "ssh", "host": "10.9.8.8", "port": 22, "username": "lab", 
 
 
 @pytest.fixture
-def db_url(tmp_path: Path) -> str:
+def db_url(sqlite_db_url: str) -> str:
     """SQLite only: the tunnel's database reads are the same on both, and these tests start processes."""
-    url = f"sqlite:///{tmp_path / 'labdesk.sqlite3'}"
-    migrate.upgrade(load_settings(environ={}, overrides={"database_url": url, "data_dir": str(tmp_path)}))
-    return url
+    return sqlite_db_url
 
 
 @pytest.fixture
