@@ -86,7 +86,7 @@ class LabPage {
     });
     this.idle = this.config.watch || !this.config.idleSeconds ? null : new IdleWatch(this.config.idleSeconds, {
       onWarn: (seconds) => this.#idleWarning(seconds),
-      onCalm: () => { this.el.idleDialog.hidden = true; },
+      onCalm: () => this.#idleCalm(),
       onIdle: () => this.#idleTimeout(),
     });
   }
@@ -166,6 +166,9 @@ class LabPage {
     const lab = this.lab;
     this.el.progressPanel.hidden = !(lab && isStarting(lab));
     const showDesktop = Boolean(lab && lab.state === "running") || this.desktop.connected;
+    // After a deliberate disconnect, "Reconnect now" makes sense only while the lab still runs; otherwise
+    // the resume form or the problem says what to do.
+    if (lab && ["paused", "stopped"].includes(this.phase)) this.el.reconnect.hidden = lab.state !== "running";
     if (this.el.workspace.hidden === showDesktop) {
       this.el.workspace.hidden = !showDesktop;
       this.#sizeDesktop();
@@ -236,9 +239,19 @@ class LabPage {
   }
 
   #showRetry(seconds) {
+    this.#banner(`Connection lost — reconnecting in ${seconds} s…`, this.lostReason || "",
+      "Connection lost. Reconnecting automatically; Reconnect now tries at once.");
+  }
+
+  /** The banner above the desktop. With `spoken` (when the visible text changes every second), screen
+   * readers hear that steady sentence instead of every tick. */
+  #banner(text, reason = "", spoken = "") {
     this.el.reconnect.hidden = false;
-    setText(this.el.reconnectText, `Connection lost — reconnecting in ${seconds} s…`);
-    setText(this.el.reconnectReason, this.lostReason || "");
+    setText(this.el.reconnectText, text);
+    if (spoken) this.el.reconnectText.setAttribute("aria-hidden", "true");
+    else this.el.reconnectText.removeAttribute("aria-hidden");
+    setText(this.el.reconnectSpoken, spoken);
+    setText(this.el.reconnectReason, reason);
   }
 
   /** Stop reconnecting, say why, and offer "Reconnect now". */
@@ -246,9 +259,7 @@ class LabPage {
     this.phase = "stopped";
     this.retry.cancel();
     this.#status("Disconnected");
-    this.el.reconnect.hidden = false;
-    setText(this.el.reconnectText, message);
-    setText(this.el.reconnectReason, "");
+    this.#banner(message);
   }
 
   /** The lab is no longer running: the status (resume form, problem) takes over from the banner. */
@@ -265,9 +276,7 @@ class LabPage {
     this.retry.cancel();
     this.desktop.close();
     this.#leave();
-    this.el.reconnect.hidden = false;
-    setText(this.el.reconnectText, message);
-    setText(this.el.reconnectReason, "");
+    this.#banner(message);
     this.#status("Disconnected");
   }
 
@@ -319,16 +328,38 @@ class LabPage {
     this.present = false;
   }
 
+  /** The countdown: shown, its button focused (Enter keeps the session), announced every 10 s. */
   #idleWarning(seconds) {
-    setText(this.el.idleText, `You will be disconnected in ${seconds} s — move the mouse or press a key to stay.`);
-    this.el.idleDialog.hidden = false;
+    const el = this.el;
+    setText(el.idleText, `You will be disconnected in ${seconds} s — move the mouse or press a key to stay.`);
+    if (el.idleDialog.hidden) {
+      el.idleDialog.hidden = false;
+      this.focusBeforeIdle = document.activeElement;
+      el.idleStay.focus({ preventScroll: true });
+    }
+    if (!el.idleSpoken.textContent || seconds % 10 === 0) {
+      setText(el.idleSpoken, `You will be disconnected in ${seconds} seconds. Move the mouse or press a key to stay.`);
+    }
+  }
+
+  /** Input ended the countdown: back to where the learner was (the desktop, usually). */
+  #idleCalm() {
+    const el = this.el;
+    el.idleDialog.hidden = true;
+    setText(el.idleSpoken, "");
+    const back = this.focusBeforeIdle;
+    this.focusBeforeIdle = null;
+    if (document.activeElement === el.idleStay && back && back.isConnected) back.focus({ preventScroll: true });
   }
 
   #idleTimeout() {
     this.el.idleDialog.hidden = true;
+    setText(this.el.idleSpoken, "");
+    this.focusBeforeIdle = null;
     const minutes = Math.round(this.config.idleSeconds / 60);
     const span = minutes >= 1 ? `${minutes} minute${minutes === 1 ? "" : "s"}` : `${this.config.idleSeconds} seconds`;
     this.#pause(`Disconnected after ${span} without activity. Your lab is suspended soon and keeps your work.`);
+    this.el.reconnectNow.focus({ preventScroll: true });
   }
 
   // -- controls --------------------------------------------------------------------------------------
@@ -427,6 +458,7 @@ class LabPage {
       watchers: byId("watchers"),
       reconnect: byId("reconnect"),
       reconnectText: byId("reconnect-text"),
+      reconnectSpoken: byId("reconnect-spoken"),
       reconnectReason: byId("reconnect-reason"),
       reconnectNow: byId("reconnect-now"),
       workspace: byId("workspace"),
@@ -448,6 +480,7 @@ class LabPage {
       resetStatus: byId("reset-status"),
       idleDialog: byId("idle-dialog"),
       idleText: byId("idle-text"),
+      idleSpoken: byId("idle-spoken"),
       idleStay: byId("idle-stay"),
     };
   }
