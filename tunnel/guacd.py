@@ -21,7 +21,7 @@ from tunnel.protocol import Instruction, InstructionReader, ProtocolError, encod
 # multi-user joins with per-user audio; guacd 1.5 and 1.6 both announce it.
 KNOWN_VERSIONS = ("VERSION_1_5_0",)
 _VERSION = re.compile(r"^VERSION_(\d+)_(\d+)_(\d+)$")
-READ_SIZE = 65536
+READ_SIZE = 256 * 1024
 
 
 class HandshakeError(Exception):

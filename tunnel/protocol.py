@@ -45,6 +45,63 @@ def parse_one(text: str) -> Instruction:
     return found[0]
 
 
+class InstructionCutter:
+    """Cuts a guacd byte stream after its last whole instruction, without decoding it: the relay's hot path.
+
+    guacd's stream is almost all ASCII (base64 image data, numbers), where a length in code points is a
+    length in bytes, so boundaries are found on the bytes and whole instructions are forwarded as they
+    came. A buffer holding any other character is cut through the decoding `InstructionReader` instead.
+    """
+
+    def __init__(self, pending: bytes = b"") -> None:
+        self._buffer = bytearray(pending)
+
+    def feed(self, data: bytes) -> tuple[bytes, list[str]]:
+        """The whole instructions completed by `data` (as bytes), and their opcodes."""
+        self._buffer += data
+        end, opcodes = _cut_ascii(self._buffer) if self._buffer.isascii() else _cut_text(self._buffer)
+        complete = bytes(self._buffer[:end])
+        del self._buffer[:end]
+        return complete, opcodes
+
+
+def _cut_ascii(buffer: bytearray) -> tuple[int, list[str]]:
+    """Where the last whole instruction ends in an ASCII buffer, and the opcodes before it."""
+    position, last, opcodes, opcode = 0, 0, [], None
+    while True:
+        dot = buffer.find(b".", position, position + 10)
+        if dot < 0:
+            if len(buffer) - position >= 10:
+                raise ProtocolError(f"bad length prefix {bytes(buffer[position:position + 10])!r}")
+            InstructionReader._check_length_digits(buffer[position:].decode())
+            return last, opcodes
+        end = dot + 1 + InstructionReader._length(buffer[position:dot].decode())
+        if end >= len(buffer):
+            return last, opcodes
+        if opcode is None:
+            opcode = buffer[dot + 1:end].decode()
+        terminator = buffer[end]
+        if terminator == 0x3B:  # ";"
+            opcodes.append(opcode)
+            last, opcode = end + 1, None
+        elif terminator != 0x2C:  # ","
+            raise ProtocolError(f"element is followed by {chr(terminator)!r}, not ',' or ';'")
+        position = end + 1
+
+
+def _cut_text(buffer: bytearray) -> tuple[int, list[str]]:
+    """The same for a buffer holding multibyte characters: decode, parse, and measure back in bytes."""
+    try:
+        text = buffer.decode()
+    except UnicodeDecodeError as exc:
+        if exc.reason != "unexpected end of data":
+            raise ProtocolError(f"not UTF-8: {exc}") from None
+        text = buffer[:exc.start].decode()
+    found = InstructionReader().feed_text(text)
+    characters = sum(len(instruction.raw) for instruction in found)
+    return len(text[:characters].encode()), [instruction.opcode for instruction in found]
+
+
 class InstructionReader:
     """Turns a stream of bytes (or text) into whole instructions, keeping any incomplete tail."""
 
@@ -59,6 +116,10 @@ class InstructionReader:
     def pending(self) -> bool:
         """Whether an incomplete instruction is waiting for more data."""
         return self._start < len(self._buffer)
+
+    def unread(self) -> bytes:
+        """The bytes not yet part of a whole instruction, to hand the stream over to an `InstructionCutter`."""
+        return self._buffer[self._start:].encode() + self._decoder.getstate()[0]
 
     def feed(self, data: bytes) -> list[Instruction]:
         """Add bytes from the socket; return the instructions they complete, in order."""

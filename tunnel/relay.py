@@ -2,7 +2,8 @@
 
 guacd → browser: bytes are read as they come, cut on instruction boundaries, and every whole instruction
 of a read goes out in one WebSocket message (never half of one: guacamole-common-js parses each message
-on its own). Browser → guacd: each message is parsed; the tunnel's own `ping` is answered here, and a
+on its own); they are cut on the bytes and forwarded as they came, never decoded and re-encoded.
+Browser → guacd: each message is parsed; the tunnel's own `ping` is answered here, and a
 read-only session may send only what cannot change the desktop. Whichever side ends, guacd hears
 `disconnect` and the browser's socket closes.
 """
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from tunnel.guacd import READ_SIZE, GuacdConnection
-from tunnel.protocol import INTERNAL_OPCODE, InstructionReader, ProtocolError, encode
+from tunnel.protocol import INTERNAL_OPCODE, InstructionCutter, InstructionReader, ProtocolError, encode
 
 # What a read-only (watching) browser may send: frame acknowledgements, keepalives, its own size.
 READ_ONLY_ALLOWED = frozenset({"sync", "nop", "size", "disconnect", "ack"})
@@ -25,7 +26,7 @@ MAX_QUEUED = 4 * 1024 * 1024  # bytes waiting for a slow guacd before the sessio
 class Browser(Protocol):
     """The subset of a websockets connection the relay uses (and a test can provide)."""
 
-    async def send(self, message: str) -> None: ...
+    async def send(self, message: str | bytes, text: bool | None = None) -> None: ...
     async def recv(self) -> str | bytes: ...
 
 
@@ -53,14 +54,15 @@ async def relay(browser: Browser, guacd: GuacdConnection, read_only: bool) -> En
 
 
 async def _guacd_to_browser(guacd: GuacdConnection, browser: Browser) -> Ended:
+    cutter = InstructionCutter(guacd.instructions.unread())
     while True:
         data = await guacd.reader.read(READ_SIZE)
         if not data:
             return Ended("guacd", "guacd closed the connection")
-        instructions = guacd.instructions.feed(data)
-        if instructions:
-            await browser.send("".join(instruction.raw for instruction in instructions))
-        if any(instruction.opcode == "disconnect" for instruction in instructions):
+        complete, opcodes = cutter.feed(data)
+        if complete:
+            await browser.send(complete, text=True)  # UTF-8 as it came: a text frame, never decoded here
+        if "disconnect" in opcodes:
             return Ended("guacd", "guacd ended the session")  # it may hold the socket open for a minute more
 
 
