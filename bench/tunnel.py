@@ -304,6 +304,7 @@ class Direct:
             data = await self.reader.read(1 << 18)
             if not data:
                 raise ConnectionError("closed mid-stream")
+            self.instructions.feed(data)  # a browser parses every instruction it receives, on both paths
             got += len(data)
         return time.perf_counter() - start
 
@@ -341,7 +342,9 @@ class Tunneled:
         await self.ws.send(encode("bench", blobs))
         got = 0
         while got < expected:
-            got += len(await self.ws.recv())  # ASCII: characters are bytes
+            message = await self.ws.recv()
+            self.instructions.feed_text(message)  # a browser parses every instruction it receives, on both paths
+            got += len(message)  # ASCII: characters are bytes
         return time.perf_counter() - start
 
     async def close(self) -> None:
