@@ -23,7 +23,10 @@ from redis import Redis
 from app import create_app
 from broker import activity
 from broker.config import Settings
+from broker.models import AuditEvent
 from broker.runtime import Runtime
+from lti.emulator import launches
+from lti.emulator.registration import register_with_tool
 from tests.conftest import make_settings
 from tests.e2e.png import close_to, decode
 from tests.support.browser import chromium, require_browser
@@ -33,11 +36,11 @@ from tests.support.inline import lab_state
 from tests.support.tunnel import TunnelProcess
 from tests.support.waiting import wait_until
 from tests.support.workers import WorkerPool
-from tests.support.world import make_world
+from tests.support.world import add_lab_catalogue, make_world
 from tunnel.live import watchers_key
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Page
+    from playwright.sync_api import Browser, Page
 
 try:
     from playwright.sync_api import Error as PlaywrightError
@@ -92,6 +95,7 @@ def settings(db_url: str, tmp_path: Path, redis_client: Redis, guacd: GuacdDoubl
         guacd_check_interval=1,
         page_idle_disconnect=idle_seconds,
         leave_grace=1,
+        default_backend="fake",  # what activities created by LTI launches (the watch test) run on
     )
 
 
@@ -111,14 +115,37 @@ def stack(
 
 
 @pytest.fixture
-def page(stack: LiveServer) -> Iterator["Page"]:
-    for browser in chromium():
-        context = browser.new_context(viewport=VIEWPORT)
-        opened = context.new_page()
-        opened.on("console", lambda message: print(f"console {message.type}: {message.text}"))
-        opened.on("pageerror", lambda error: print(f"page error: {error}"))
-        yield opened
-        context.close()
+def lms_stack(rt: Runtime, settings: Settings, tmp_path: Path, workers: WorkerPool, ports: dict[str, int]) -> Iterator[LiveServer]:
+    """The same stack reached through the built-in LMS emulator, whose launches carry course roles."""
+    require_browser()
+    add_lab_catalogue(rt, str(tmp_path / "fake"), "local-desktop")
+    register_with_tool(rt)
+    workers.start(1)
+    tunnel = TunnelProcess(settings, tmp_path, ports["tunnel"]).start()
+    try:
+        yield from serve(create_app(settings, rt), ports["web"])
+    finally:
+        tunnel.stop()
+
+
+@pytest.fixture
+def browser() -> Iterator["Browser"]:
+    require_browser()
+    yield from chromium()
+
+
+@pytest.fixture
+def page(stack: LiveServer, browser: "Browser") -> Iterator["Page"]:
+    context = browser.new_context(viewport=VIEWPORT)
+    yield watched(context.new_page())
+    context.close()
+
+
+def watched(page: "Page") -> "Page":
+    """The page, with its console and errors in the test's output (shown when the test fails)."""
+    page.on("console", lambda message: print(f"console {message.type}: {message.text}"))
+    page.on("pageerror", lambda error: print(f"page error: {error}"))
+    return page
 
 
 # -- helpers ---------------------------------------------------------------------------------------------
@@ -238,11 +265,13 @@ def test_the_desktop_appears_after_the_progress_takes_keys_and_survives_a_droppe
     clipboard.fill("pasted on the page")
     guacd.wait_for(lambda: clipboard_sent(first) == ["pasted on the page"])
 
-    width_before = width
+    def sizes() -> list[tuple[int, int]]:
+        return [(int(args[0]), int(args[1])) for op, args in first.received if op == "size"]
+
+    guacd.wait_for(lambda: any(h < height for w, h in sizes()))  # the open clipboard panel took room
     page.set_viewport_size({"width": 900, "height": 640})
-    guacd.wait_for(lambda: any(op == "size" for op, _ in first.received))
-    size = next(args for op, args in first.received if op == "size")
-    assert int(size[0]) < width_before, f"the page sent its new size {size}"
+    guacd.wait_for(lambda: any(w < width for w, h in sizes()))
+    assert sizes()[-1][0] <= 900, f"the page sent its new size: {sizes()}"
 
     rt.redis.hset(watchers_key(lab_id), "watch-1", "Grace")
     page.get_by_text("Grace (instructor) is viewing your desktop.").wait_for(timeout=10000)
@@ -335,3 +364,41 @@ def test_a_lab_that_cannot_start_says_so_and_what_to_do(rt: Runtime, stack: Live
     assert page.get_by_role("button", name="Try again").is_visible()
     assert page.get_by_role("button", name="Reset lab…").is_visible()
     assert page.locator("#progress-panel").is_hidden() and page.locator("#workspace").is_hidden()
+
+
+def test_an_instructor_watches_read_only_and_the_learner_is_told(
+    rt: Runtime, lms_stack: LiveServer, guacd: GuacdDouble, browser: "Browser", tmp_path: Path
+) -> None:
+    learner = watched(browser.new_context(viewport=VIEWPORT).new_page())
+    learner.goto(launches.start(rt, "emu-learner-1"))
+    learner.wait_for_url(re.compile(r"/labs/\d+$"))
+    lab_id = int(learner.url.rsplit("/", 1)[1])
+    own = session(guacd, 0)
+    wait_for_colour(learner, RED)
+
+    teacher = watched(browser.new_context(viewport=VIEWPORT).new_page())
+    teacher.goto(launches.start(rt, "emu-instructor-1"))
+    teacher.locator(f'a[href="/teach/labs/{lab_id}/watch"]').click()
+    teacher.wait_for_url(re.compile(rf"/teach/labs/{lab_id}/watch$"))
+    assert teacher.get_by_text(re.compile(r"^\s*Watching .+ \(read-only\)")).is_visible()
+    joined = session(guacd, 1)
+    assert joined.joined and joined.id == own.id, "the instructor joined the learner's own session"
+    wait_for_colour(teacher, RED)
+    for absent in ("Reset lab…", "Disconnect", "Clipboard"):
+        assert teacher.get_by_role("button", name=absent).count() == 0
+
+    teacher.locator("#desktop").click()
+    teacher.keyboard.type("zz")
+    time.sleep(0.5)
+    assert keys(joined) == [] and not [op for op, _ in joined.received if op == "mouse"], "a watcher sends no input"
+
+    notice = learner.locator("#watchers")
+    notice.wait_for(timeout=10000)
+    assert re.fullmatch(r".+ \(instructor\) is viewing your desktop\.", notice.inner_text())
+    teacher.screenshot(path=str(tmp_path / "watching.png"))
+    learner.screenshot(path=str(tmp_path / "watched.png"))
+    with rt.session() as db:
+        assert [e.action for e in db.query(AuditEvent).filter_by(lab_id=lab_id)] == ["watch.start"]
+
+    teacher.close()
+    notice.wait_for(state="hidden", timeout=15000)

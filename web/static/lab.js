@@ -169,10 +169,7 @@ class LabPage {
     // After a deliberate disconnect, "Reconnect now" makes sense only while the lab still runs; otherwise
     // the resume form or the problem says what to do.
     if (lab && ["paused", "stopped"].includes(this.phase)) this.el.reconnect.hidden = lab.state !== "running";
-    if (this.el.workspace.hidden === showDesktop) {
-      this.el.workspace.hidden = !showDesktop;
-      this.#sizeDesktop();
-    }
+    this.el.workspace.hidden = !showDesktop;
   }
 
   // -- the desktop connection ------------------------------------------------------------------------
@@ -193,7 +190,6 @@ class LabPage {
     }
     this.#showHosts(result.body);
     this.#layout();
-    this.#sizeDesktop();
     this.desktop.open(result.body, this.#layoutChoice());
   }
 
@@ -418,7 +414,8 @@ class LabPage {
   }
 
   #bindWindow() {
-    const resized = debounce(() => { this.#sizeDesktop(); this.desktop.resize(); }, RESIZE_DELAY_MS);
+    // The desktop area's size follows the window and the panels around it (CSS); the lab follows it.
+    const resized = debounce(() => this.desktop.resize(), RESIZE_DELAY_MS);
     window.addEventListener("resize", resized);
     new ResizeObserver(resized).observe(this.el.desktop);
     document.addEventListener("fullscreenchange", () => {
@@ -434,17 +431,6 @@ class LabPage {
       this.#keepalive();
       this.#reconnectNow();
     });
-  }
-
-  /** The desktop fills the window below its top edge (in full screen, CSS lets it fill the screen). */
-  #sizeDesktop() {
-    const desktop = this.el.desktop;
-    if (document.fullscreenElement) {
-      desktop.style.height = "";
-      return;
-    }
-    const top = desktop.getBoundingClientRect().top + window.scrollY;
-    desktop.style.height = `${Math.max(240, Math.floor(window.innerHeight - top - 12))}px`;
   }
 
   #elements() {
