@@ -23,11 +23,20 @@ USED_PREFIX = "labdesk:tunnel:used:"
 MAX_TTL = 60
 
 
-class TokenRefused(Exception):
-    """The token cannot open anything; `reason` is safe to show and log."""
+class Refused(Exception):
+    """A desktop session may not open: `message` is for the person, `status` a Guacamole status code."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+class TokenRefused(Refused):
+    """The token cannot open anything (0x0301, unauthorized); `reason` is safe to show and log."""
 
     def __init__(self, reason: str) -> None:
-        super().__init__(reason)
+        super().__init__(f"This desktop link cannot be used: {reason}. Reload the page.", 0x0301)
         self.reason = reason
 
 

@@ -13,18 +13,13 @@ from broker import endpoints, services
 from broker.connector import DesktopEndpoint
 from broker.models import AuditEvent, Lab, User
 from broker.runtime import Runtime
-from broker.tunnel_tokens import Grant
+from broker.tunnel_tokens import Grant, Refused
 
 NOT_FOUND, FORBIDDEN, CONFLICT = 0x0204, 0x0303, 0x0205
 
 
-class AccessRefused(Exception):
-    """The session may not open; `message` is for the learner, `status` a Guacamole status code."""
-
-    def __init__(self, message: str, status: int) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
+class AccessRefused(Refused):
+    """The lab may not be opened now, or not by this person."""
 
 
 @dataclass(frozen=True)

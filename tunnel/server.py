@@ -24,7 +24,7 @@ from broker.config import Settings
 from broker.guacd_params import connection_params
 from broker.runtime import Runtime
 from broker.secrets import secret_key
-from broker.tunnel_tokens import USED_PREFIX, MAX_TTL, Grant, TokenMinter, TokenRefused
+from broker.tunnel_tokens import USED_PREFIX, MAX_TTL, Grant, Refused, TokenMinter, TokenRefused
 from tunnel import access
 from tunnel.access import AccessRefused, Target
 from tunnel.guacd import ClientInfo, HandshakeError, connect
@@ -35,7 +35,7 @@ from tunnel.relay import relay
 
 log = logging.getLogger(__name__)
 PATH = "/tunnel"
-UNAUTHORIZED, SERVER_BUSY, UPSTREAM_NOT_FOUND, NOT_FOUND = 0x0301, 0x0201, 0x0207, 0x0204
+SERVER_BUSY, UPSTREAM_NOT_FOUND, NOT_FOUND = 0x0201, 0x0207, 0x0204
 _TIMEZONE = re.compile(r"^[A-Za-z0-9_+\-/]{1,64}$")
 _MIMETYPE = re.compile(r"^[a-z]+/[A-Za-z0-9.+\-;=]{1,64}$")
 
@@ -93,10 +93,8 @@ class TunnelServer:
             grant = await self._grant(_first(query, "token"))
             target = await asyncio.to_thread(access.resolve, self.rt, grant)
             address, select = await self._route(target)
-        except TokenRefused as exc:
-            log.info("tunnel token refused: %s", exc.reason)
-            return await _refuse(ws, f"This desktop link cannot be used: {exc.reason}. Reload the page.", UNAUTHORIZED)
-        except AccessRefused as exc:
+        except Refused as exc:
+            log.info("tunnel session refused: %s", exc.message)
             return await _refuse(ws, exc.message, exc.status)
         params = connection_params(target.endpoint, target.read_only, _first(query, "layout"))
         try:
