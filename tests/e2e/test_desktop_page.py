@@ -21,7 +21,8 @@ import pytest
 from redis import Redis
 
 from app import create_app
-from broker import activity
+from broker import activity, services
+from broker.lifecycle import LabState
 from broker.config import Settings
 from broker.models import AuditEvent
 from broker.runtime import Runtime
@@ -402,3 +403,63 @@ def test_an_instructor_watches_read_only_and_the_learner_is_told(
 
     teacher.close()
     notice.wait_for(state="hidden", timeout=15000)
+
+
+def test_a_suspended_lab_lets_go_of_the_desktop_offers_resume_and_comes_back(
+    rt: Runtime, stack: LiveServer, guacd: GuacdDouble, page: "Page"
+) -> None:
+    lab_id = open_lab(page, stack.url)
+    first = session(guacd, 0)
+    wait_for_colour(page, RED)
+
+    services.request_state(rt, lab_id, LabState.SUSPENDING, actor="test", reason="the idle sweep")
+    resume = page.get_by_role("button", name="Resume my lab")
+    resume.wait_for(timeout=20000)
+    guacd.wait_for(lambda: first.closed)
+    assert first.clean_disconnect, "the page said disconnect when the lab went away"
+    assert page.locator("#workspace").is_hidden() and page.locator("#reconnect").is_hidden()
+    assert lab_state(rt, lab_id) == "suspended"
+
+    resume.click()
+    page.wait_for_url(f"{stack.url}/labs/{lab_id}")
+    session(guacd, 1)
+    wait_for_colour(page, RED)
+    assert lab_state(rt, lab_id) == "running"
+
+
+RDP_AND_VNC = [
+    {"protocol": "rdp", "host": "10.1.1.1", "port": 3389, "username": "lab", "password": "pw-rdp"},
+    {"protocol": "vnc", "host": "10.1.1.2", "port": 5901, "password": "pw-vnc", "name": "server"},
+]
+
+
+@pytest.mark.parametrize("backend_config", [{"endpoints": RDP_AND_VNC}])
+def test_machines_keyboard_layouts_and_full_screen(rt: Runtime, stack: LiveServer, guacd: GuacdDouble, page: "Page") -> None:
+    open_lab(page, stack.url)
+    first = session(guacd, 0)
+    wait_for_colour(page, RED)
+    assert first.protocol == "rdp" and first.params["server-layout"] == "en-us-qwerty"  # the browser's language
+    machine = page.get_by_label("Machine")
+    assert [o.strip() for o in machine.locator("option").all_inner_texts()] == ["main (RDP)", "server (VNC)"]
+
+    page.get_by_label("Keyboard layout").select_option("de-de-qwertz")
+    second = session(guacd, 1)
+    assert second.params["server-layout"] == "de-de-qwertz"
+    assert first.clean_disconnect, "the old connection was closed properly"
+    assert page.evaluate("localStorage.getItem('labdesk.keyboard-layout')") == "de-de-qwertz"
+    wait_for_colour(page, RED)
+
+    machine.select_option("server")
+    third = session(guacd, 2)
+    assert third.protocol == "vnc" and third.params["password"] == "pw-vnc"
+    page.get_by_label("Keyboard layout").wait_for(state="hidden")  # only RDP desktops use it
+    wait_for_colour(page, RED)
+
+    page.get_by_role("button", name="Full screen").click()
+    page.wait_for_function("document.fullscreenElement && document.fullscreenElement.id === 'workspace'")
+    exit_button = page.get_by_role("button", name="Exit full screen")
+    assert exit_button.get_attribute("aria-pressed") == "true"
+    exit_button.click()
+    page.wait_for_function("document.fullscreenElement === null")
+    for secret in ("10.1.1.1", "pw-rdp", "pw-vnc", "3389"):
+        assert secret not in page.content()

@@ -129,8 +129,14 @@ class LabPage {
     this.#renderResume(lab, problem);
     if (!this.config.watch) this.#renderWatchers(lab.watchers);
     if (lab.state === "running" && this.phase === "waiting") this.#connect();
-    else if (lab.state !== "running" && this.phase === "retrying") this.#stopRetrying();
+    else if (lab.state !== "running" && ["connecting", "connected", "retrying"].includes(this.phase)) this.#labStopped();
     this.#layout();
+  }
+
+  /** The lab is being suspended, reset or removed under the desktop: let go of it; the status says what next. */
+  #labStopped() {
+    this.desktop.close();
+    this.#stopRetrying();
   }
 
   #statusFailed(result) {
