@@ -39,6 +39,7 @@ from tests.support.waiting import wait_until
 from tests.support.workers import WorkerPool
 from tests.support.world import add_lab_catalogue, make_world
 from tunnel.live import watchers_key
+from web.vendor import GUACAMOLE_JS
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
@@ -106,6 +107,7 @@ def stack(
 ) -> Iterator[LiveServer]:
     """The lab catalogue, a worker, the tunnel and the web app over HTTP."""
     require_browser()
+    require_viewer()
     make_world(rt, config={"state_dir": str(tmp_path / "fake"), **backend_config})
     workers.start(1)
     tunnel = TunnelProcess(settings, tmp_path, ports["tunnel"]).start()
@@ -119,6 +121,7 @@ def stack(
 def lms_stack(rt: Runtime, settings: Settings, tmp_path: Path, workers: WorkerPool, ports: dict[str, int]) -> Iterator[LiveServer]:
     """The same stack reached through the built-in LMS emulator, whose launches carry course roles."""
     require_browser()
+    require_viewer()
     add_lab_catalogue(rt, str(tmp_path / "fake"), "local-desktop")
     register_with_tool(rt)
     workers.start(1)
@@ -150,6 +153,11 @@ def watched(page: "Page") -> "Page":
 
 
 # -- helpers ---------------------------------------------------------------------------------------------
+
+
+def require_viewer() -> None:
+    if not GUACAMOLE_JS.exists():
+        pytest.skip("guacamole-common-js is not installed: run npm ci (scripts/test does)")
 
 
 def open_lab(page: "Page", url: str) -> int:
