@@ -27,7 +27,7 @@ from broker.secrets import secret_key
 from broker.tunnel_tokens import USED_PREFIX, MAX_TTL, Grant, Refused, TokenMinter, TokenRefused
 from tunnel import access
 from tunnel.access import AccessRefused, Target
-from tunnel.guacd import ClientInfo, HandshakeError, connect
+from tunnel.guacd import ClientInfo, GuacdConnection, HandshakeError, connect
 from tunnel.hosts import Address, GuacdHosts, label, parse_address
 from tunnel.live import TTL, LiveSession, LiveSessions
 from tunnel.protocol import encode
@@ -125,7 +125,7 @@ class TunnelServer:
             raise AccessRefused("No desktop service is available right now. Try again in a minute.", UPSTREAM_NOT_FOUND)
         return address, select
 
-    async def _relay(self, ws: ServerConnection, grant: Grant, target: Target, address: Address, guacd) -> None:  # type: ignore[no-untyped-def]
+    async def _relay(self, ws: ServerConnection, grant: Grant, target: Target, address: Address, guacd: GuacdConnection) -> None:
         session = LiveSession(target.lab_id, label(address), guacd.connection_id)
         watch_id = secrets.token_hex(8)
         await self.hosts.opened(address)
