@@ -110,6 +110,7 @@ class LabPage {
     await this.#refresh();
     const delay = this.phase === "connected" ? POLL_MS.connected
       : ["paused", "stopped"].includes(this.phase) ? POLL_MS.quiet : POLL_MS.starting;
+    window.clearTimeout(this.pollTimer); // another poll may have finished meanwhile: keep one loop
     this.pollTimer = window.setTimeout(() => this.#poll(), delay);
   }
 
@@ -276,6 +277,7 @@ class LabPage {
   #pause(message) {
     this.phase = "paused";
     this.retry.cancel();
+    if (this.idle) this.idle.stop();
     this.desktop.close();
     this.#leave();
     this.#banner(message);
