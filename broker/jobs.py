@@ -78,6 +78,7 @@ def advance_lab(lab_id: int, state: str, recoveries: int = 0) -> Retry | None:
         except TransientError as exc:
             return _back_off(session, lab, exc)
         except CapacityError as exc:
+            lab.waiting_for = "capacity"  # the lab page then says no machine is free, rather than "failed"
             return _back_off(session, lab, exc, minimum=30)
         except ConnectorError as exc:
             _fail(session, lab, exc.user_message, str(exc))
@@ -119,7 +120,7 @@ def _call_backend(session: Session, lab: Lab, step: Step, connector: Connector) 
 
 def _finish(session: Session, lab: Lab, step: Step, connector: Connector | None = None) -> None:
     rt = runtime.current()
-    fields: dict[str, object] = {"progress": 100, "message": ""}
+    fields: dict[str, object] = {"progress": 100, "message": "", "waiting_for": None}
     if step.next == S.RUNNING:
         now = utcnow()
         fields.update(last_active_at=now, idle_deadline=now + timedelta(seconds=lab.activity.idle_suspend_after))

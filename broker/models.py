@@ -157,6 +157,8 @@ class Lab(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     # Where guacd reaches the running lab, credentials included: sealed by the vault (broker.endpoints).
     endpoints: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # Why a lab waits in `requested`/`provisioning` beyond the usual: "capacity" when its backend is full.
+    waiting_for: Mapped[str | None] = mapped_column(String(16))
 
     user: Mapped[User] = relationship()
     activity: Mapped[Activity] = relationship()

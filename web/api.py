@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from flask import Blueprint, abort, jsonify
+from flask import session as flask_session
+from sqlalchemy.orm import Session
 
 from redis.exceptions import RedisError
 
-from broker import endpoints
+from broker import endpoints, services
 from broker.models import Lab
 from tunnel.live import watchers_key
 from web.context import rt, user_id
@@ -18,7 +20,7 @@ api = Blueprint("api", __name__, url_prefix="/api")
 def lab_status(lab_id: int):  # type: ignore[no-untyped-def]
     with rt().session() as session:
         lab = session.get(Lab, lab_id)
-        if lab is None or lab.user_id != user_id():
+        if lab is None or not (lab.user_id == user_id() or teaches(session, lab)):
             abort(404)
         answer = lab_json(lab, rt().settings.keepalive_interval)
         answer["hosts"] = endpoints.public_hosts(endpoints.unseal(rt().vault, lab.endpoints))
@@ -33,7 +35,7 @@ def lab_json(lab: Lab, keepalive_interval: int) -> dict[str, object]:
         "state": lab.state,
         "progress": lab.progress,
         "message": lab.message,
-        "error_kind": ERROR_KINDS.get(lab.state),
+        "error_kind": "capacity" if lab.waiting_for == "capacity" else ERROR_KINDS.get(lab.state),
         "activity": lab.activity.title,
         "keepalive_interval": lab.activity.keepalive_interval or keepalive_interval,
     }
@@ -41,6 +43,13 @@ def lab_json(lab: Lab, keepalive_interval: int) -> dict[str, object]:
 
 # States the lab page explains with what to do next, rather than a progress bar.
 ERROR_KINDS = {"failed": "failed", "deleting": "deleted", "deleted": "deleted"}
+
+
+def teaches(session: Session, lab: Lab) -> bool:
+    """Whether the signed-in user is an instructor of the lab's course (LTI session and database agree):
+    they may follow a learner's lab status read-only while watching."""
+    course_id = lab.activity.course_id
+    return course_id in flask_session.get("instructor_courses", []) and services.is_instructor(session, course_id, user_id())
 
 
 def watchers(lab_id: int) -> list[str]:

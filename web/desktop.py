@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from flask import Blueprint, abort, jsonify, render_template, request, session
+from flask import Blueprint, abort, jsonify, render_template, request
 from sqlalchemy.orm import Session
 
 from broker import endpoints, services
@@ -18,6 +18,7 @@ from broker.guacd_params import LAYOUTS
 from broker.models import Lab
 from broker.secrets import secret_key
 from broker.tunnel_tokens import Grant, TokenMinter
+from web.api import teaches
 from web.context import rt, user_id
 from web.pages import STATE_LABELS
 
@@ -38,17 +39,15 @@ def connection(lab_id: int):  # type: ignore[no-untyped-def]
 @desktop.post("/api/labs/<id:lab_id>/watch-connection")
 def watch_connection(lab_id: int):  # type: ignore[no-untyped-def]
     """A read-only token for an instructor of the lab's course, to join the learner's live session."""
-    uid = user_id()
     with rt().session() as db:
-        lab = _watchable(db, lab_id, uid)
-        return _token_answer(lab, uid, watch=True)
+        lab = _watchable(db, lab_id)
+        return _token_answer(lab, user_id(), watch=True)
 
 
 @desktop.get("/teach/labs/<id:lab_id>/watch")
 def watch_page(lab_id: int):  # type: ignore[no-untyped-def]
-    uid = user_id()
     with rt().session() as db:
-        lab = _watchable(db, lab_id, uid)
+        lab = _watchable(db, lab_id)
         return render_template(
             "lab.html", lab=lab, settings=rt().settings, labels=STATE_LABELS, layouts=LAYOUTS,
             watch=True, learner_name=lab.user.name or lab.user.subject,
@@ -65,12 +64,11 @@ def reset(lab_id: int):  # type: ignore[no-untyped-def]
     return jsonify({"lab_id": fresh.id}), 202
 
 
-def _watchable(db: Session, lab_id: int, uid: int) -> Lab:
+def _watchable(db: Session, lab_id: int) -> Lab:
     lab = db.get(Lab, lab_id)
     if lab is None:
         abort(404)
-    course_id = lab.activity.course_id
-    if course_id not in session.get("instructor_courses", []) or not services.is_instructor(db, course_id, uid):
+    if not teaches(db, lab):
         abort(403, "Only the course's instructors may watch a learner's desktop.")
     return lab
 

@@ -127,6 +127,9 @@ def test_only_an_instructor_of_the_course_may_watch_and_only_read_only(lms: Live
     assert answer.status_code == 200
     grant = TokenMinter("test-secret").open(answer.json()["token"])
     assert grant.watch and grant.read_only and grant.lab_id == lab_id
+    followed = teacher.http.get(f"{teacher.base}/api/labs/{lab_id}", timeout=10)
+    assert followed.status_code == 200 and followed.json()["state"] == "running", "the watching instructor follows the lab's state"
+    assert bob.http.get(f"{bob.base}/api/labs/{lab_id}", timeout=10).status_code == 404
     rt.redis.hset(f"labdesk:tunnel:watchers:{lab_id}", "s1", "Professor Plum")
     assert ada.http.get(f"{ada.base}/api/labs/{lab_id}", timeout=10).json()["watchers"] == ["Professor Plum"]
 
@@ -143,3 +146,17 @@ def test_reset_deletes_the_lab_and_starts_a_fresh_one(lms: LiveServer, rt: Runti
     assert lab_state(rt, lab_id) == "deleted" and lab_state(rt, fresh) == "running"
     with rt.session() as db:
         assert db.get(Lab, lab_id).endpoints is None, "a deleted lab keeps no credentials"
+
+
+def test_a_lab_waiting_for_a_free_machine_says_so(lms: LiveServer, rt: Runtime, tmp_path: Path) -> None:
+    with rt.session() as db:
+        backend = db.scalar(select(Backend).where(Backend.name == "fake"))
+        backend.config = {**backend.config, "capacity": 1}
+        db.commit()
+    learner_with_running_lab(rt, "emu-learner-1")
+    bob = Person(rt, "emu-learner-2")
+    lab_id = int(bob.landed.url.rsplit("/", 1)[1])
+    run_queued_jobs(rt)
+    status = bob.http.get(f"{bob.base}/api/labs/{lab_id}", timeout=10).json()
+    assert status["state"] == "provisioning" and status["error_kind"] == "capacity"
+    assert status["message"], "the backend's own words on capacity reach the page"
