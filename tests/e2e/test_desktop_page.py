@@ -109,12 +109,7 @@ def stack(
     require_browser()
     require_viewer()
     make_world(rt, config={"state_dir": str(tmp_path / "fake"), **backend_config})
-    workers.start(1)
-    tunnel = TunnelProcess(settings, tmp_path, ports["tunnel"]).start()
-    try:
-        yield from serve(create_app(settings, rt), ports["web"])
-    finally:
-        tunnel.stop()
+    yield from _serve_with_tunnel(rt, settings, tmp_path, workers, ports)
 
 
 @pytest.fixture
@@ -124,6 +119,11 @@ def lms_stack(rt: Runtime, settings: Settings, tmp_path: Path, workers: WorkerPo
     require_viewer()
     add_lab_catalogue(rt, str(tmp_path / "fake"), "local-desktop")
     register_with_tool(rt)
+    yield from _serve_with_tunnel(rt, settings, tmp_path, workers, ports)
+
+
+def _serve_with_tunnel(rt: Runtime, settings: Settings, tmp_path: Path, workers: WorkerPool, ports: dict[str, int]) -> Iterator[LiveServer]:
+    """A worker, a `labdesk tunnel` process and the web app over HTTP, all stopped afterwards."""
     workers.start(1)
     tunnel = TunnelProcess(settings, tmp_path, ports["tunnel"]).start()
     try:
