@@ -18,6 +18,7 @@ from broker.guacd_params import LAYOUTS
 from broker.models import Lab
 from broker.secrets import secret_key
 from broker.tunnel_tokens import Grant, TokenMinter
+from web import instructions
 from web.api import teaches
 from web.context import rt, user_id
 from web.pages import STATE_LABELS
@@ -51,6 +52,7 @@ def watch_page(lab_id: int):  # type: ignore[no-untyped-def]
         return render_template(
             "lab.html", lab=lab, settings=rt().settings, labels=STATE_LABELS, layouts=LAYOUTS,
             watch=True, learner_name=lab.user.name or lab.user.subject,
+            instructions=instructions.render(lab.activity.image.spec),
         )
 
 

@@ -11,6 +11,7 @@ from sqlalchemy import select
 from broker import services
 from broker.guacd_params import LAYOUTS
 from broker.models import Activity, Lab
+from web import instructions
 from web.context import remember_lab, rt, user_id
 
 pages = Blueprint("pages", __name__)
@@ -67,5 +68,6 @@ def lab_page(lab_id: int):  # type: ignore[no-untyped-def]
             abort(404)
         remember_lab(lab.id)
         return render_template(
-            "lab.html", lab=lab, settings=rt().settings, labels=STATE_LABELS, layouts=LAYOUTS, watch=False, learner_name=""
+            "lab.html", lab=lab, settings=rt().settings, labels=STATE_LABELS, layouts=LAYOUTS, watch=False, learner_name="",
+            instructions=instructions.render(lab.activity.image.spec),
         )
