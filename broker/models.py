@@ -103,6 +103,9 @@ class Image(Base):
     description: Mapped[str] = mapped_column(Text, default="")
     protocol: Mapped[str] = mapped_column(String(16), default="vnc")
     spec: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # sha256 of the normalized entry (broker.images): an import whose digest equals the newest version's
+    # changes nothing. None for images written before the catalogue existed.
+    digest: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
