@@ -15,7 +15,7 @@ from broker.clock import utcnow
 from broker.errors import InvalidTransition, LabDeskError, ServiceUnavailable
 from broker.jobs import job_request
 from broker.lifecycle import ALLOWED, LabState, Move, sources_of, transition
-from broker.models import ENDED_STATES, Activity, Lab, LabEvent, Membership, User
+from broker.models import ENDED_STATES, Activity, Image, Lab, LabEvent, Membership, User
 from broker.runtime import Runtime
 
 S = LabState
@@ -76,6 +76,28 @@ def reset(rt: Runtime, user_id: int, lab_id: int) -> Lab:
         activity_id, actor = lab.activity_id, f"user:{user_id}"
         _request(rt, session, lab, S.DELETING, Move("learner reset the lab", actor))
     return launch(rt, user_id, activity_id, actor)
+
+
+def newer_image(session: Session, activity: Activity) -> Image | None:
+    """The newest catalogue version of the activity's image, when it is newer than the one the activity
+    uses: an activity stays on the version it was created with until an instructor moves it."""
+    newest = session.scalar(select(Image).where(Image.slug == activity.image.slug).order_by(Image.version.desc()).limit(1))
+    return newest if newest is not None and newest.version > activity.image.version else None
+
+
+def update_activity_image(rt: Runtime, activity_id: int) -> int | None:
+    """Move the activity to its image's newest version (labs already made keep theirs until reset);
+    returns the new version, or None when it was already current."""
+    with rt.session() as session:
+        activity = session.get(Activity, activity_id)
+        if activity is None:
+            raise NotFound(f"no activity {activity_id}")
+        newer = newer_image(session, activity)
+        if newer is None:
+            return None
+        activity.image_id = newer.id
+        session.commit()
+        return newer.version
 
 
 def is_instructor(session: Session, course_id: int, user_id: int) -> bool:

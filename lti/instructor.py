@@ -3,9 +3,10 @@ state it is, and the class roster from the LMS's Names and Role Provisioning Ser
 
 from __future__ import annotations
 
-from flask import Blueprint, abort, render_template, request, session
+from flask import Blueprint, abort, redirect, render_template, request, session, url_for
 from sqlalchemy import select
 
+from broker import services
 from broker.models import Activity, Lab, Membership, User
 from lti import nrps
 from lti.roles import view_for
@@ -22,7 +23,21 @@ def activity(activity_id: int):  # type: ignore[no-untyped-def]
         if found is None or found.course_id not in session.get("instructor_courses", []):
             abort(404)
         roster, roster_error = _roster(activity_id) if request.args.get("roster") else (None, "")
-        return render_template("lti/instructor.html", activity=found, rows=_rows(db, found), roster=roster, roster_error=roster_error)
+        return render_template(
+            "lti/instructor.html", activity=found, rows=_rows(db, found), roster=roster, roster_error=roster_error,
+            newer=services.newer_image(db, found), updated=request.args.get("updated"),
+        )
+
+
+@instructor.post("/teach/activities/<id:activity_id>/image")
+def update_image(activity_id: int):  # type: ignore[no-untyped-def]
+    """Move this activity to the newest version of its lab image."""
+    with rt().session() as db:
+        found = db.get(Activity, activity_id)
+        if found is None or found.course_id not in session.get("instructor_courses", []):
+            abort(404)
+    version = services.update_activity_image(rt(), activity_id)
+    return redirect(url_for("instructor.activity", activity_id=activity_id, updated=version or "current"))
 
 
 def _roster(activity_id: int) -> tuple[list[dict[str, str]], str]:

@@ -6,7 +6,6 @@ carries the role the LMS gave them.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Iterator
 
@@ -20,11 +19,10 @@ from broker.config import Settings
 from broker.models import Backend, Lab
 from broker.runtime import Runtime
 from broker.tunnel_tokens import TokenMinter
-from lti.emulator import launches
 from lti.emulator.registration import register_with_tool
 from tests.conftest import make_settings
-from tests.emulator.flow import auto_forms
 from tests.support.http import LiveServer, serve
+from tests.support.lms_browser import Person
 from tests.support.inline import lab_state, run_queued_jobs
 from tests.support.world import add_lab_catalogue
 
@@ -50,27 +48,6 @@ def lms(rt: Runtime, port: int, tmp_path: Path) -> Iterator[LiveServer]:
         db.commit()
     register_with_tool(rt)
     yield from serve(create_app(rt.settings, rt), port)
-
-
-class Person:
-    """A browser that arrived through an emulator launch."""
-
-    def __init__(self, rt: Runtime, sub: str) -> None:
-        self.http = requests.Session()
-        page = self.http.get(launches.start(rt, sub), timeout=10)
-        form = auto_forms(page.text)[0]
-        self.landed = self.http.post(form.action, data=form.fields, timeout=10)
-        assert self.landed.status_code == 200, self.landed.text
-        self.base = form.action.split("/lti/")[0]
-
-    def csrf(self, path: str) -> str:
-        found = re.search(r'name="csrf_token" value="([^"]+)"', self.http.get(self.base + path, timeout=10).text)
-        assert found, f"no CSRF token on {path}"
-        return found.group(1)
-
-    def post(self, path: str, csrf_from: str, **kwargs: object) -> requests.Response:
-        headers = {"X-CSRF-Token": self.csrf(csrf_from)}
-        return self.http.post(self.base + path, headers=headers, timeout=10, **kwargs)  # type: ignore[arg-type]
 
 
 def learner_with_running_lab(rt: Runtime, sub: str) -> tuple[Person, int]:

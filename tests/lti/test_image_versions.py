@@ -1,0 +1,57 @@
+"""An activity keeps the image version it was created with until an instructor moves it to the newest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from redis import Redis
+from sqlalchemy import select
+
+from app import create_app
+from broker.config import Settings
+from broker.models import Activity, Image
+from broker.runtime import Runtime
+from lti.emulator.registration import register_with_tool
+from tests.conftest import make_settings
+from tests.support.http import LiveServer, serve
+from tests.support.lms_browser import Person
+from tests.support.world import add_lab_catalogue
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def settings(db_url: str, tmp_path: Path, redis_client: Redis, port: int) -> Settings:
+    return make_settings(db_url, tmp_path, public_url=f"http://127.0.0.1:{port}", default_backend="fake")
+
+
+@pytest.fixture
+def lms(rt: Runtime, port: int, tmp_path: Path) -> Iterator[LiveServer]:
+    add_lab_catalogue(rt, str(tmp_path / "fake"), "local-desktop")
+    register_with_tool(rt)
+    yield from serve(create_app(rt.settings, rt), port)
+
+
+def test_an_instructor_moves_an_activity_to_a_newer_image_version(lms: LiveServer, rt: Runtime) -> None:
+    Person(rt, "emu-learner-1")  # the first launch creates the activity on version 1
+    teacher = Person(rt, "emu-instructor-1")
+    assert "(version 1)" in teacher.landed.text and "Update this activity" not in teacher.landed.text
+    with rt.session() as db:
+        activity = db.scalar(select(Activity))
+        db.add(Image(slug="local-desktop", version=2, title="Linux desktop", description="", protocol="vnc", spec={}))
+        db.commit()
+        page_path = f"/teach/activities/{activity.id}"
+    page = teacher.http.get(teacher.base + page_path, timeout=10)
+    assert "Version 2 of this lab image is in the catalogue" in page.text
+    with rt.session() as db:
+        assert db.scalar(select(Activity)).image.version == 1, "nothing moves before the instructor asks"
+    moved = teacher.post(f"{page_path}/image", page_path, data={})
+    assert moved.status_code == 200 and "now uses version 2" in moved.text
+    with rt.session() as db:
+        assert db.scalar(select(Activity)).image.version == 2
+    again = teacher.post(f"{page_path}/image", page_path, data={})
+    assert "already uses the newest version" in again.text
+    learner = Person(rt, "emu-learner-2")
+    assert learner.http.post(f"{learner.base}{page_path}/image", data={}, timeout=10).status_code in (400, 404)
