@@ -338,4 +338,6 @@ def demo_seed() -> None:
     click.echo(seed(rt()))
 
 
-COMMANDS = [db, labs, backends, sweep, worker, scheduler, run_all, demo]
+from broker.cli_images import images_group  # noqa: E402  (built on the helpers above)
+
+COMMANDS = [db, labs, backends, sweep, worker, scheduler, run_all, demo, images_group]

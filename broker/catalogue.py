@@ -1,0 +1,510 @@
+"""The image catalogue format: one TOML file per lab image, read into a typed, frozen `Entry`.
+
+`load(path)` returns the entry or raises `CatalogueError` listing every problem of the file, one per line,
+each as `<file>: <key>: <reason>` (`hosts[0].ports[1].port: expected a port number 1-65535, got 70000`).
+Validation is hand-written over `tomllib`: one short function per section, unknown keys are errors (a
+typo must not pass silently), and every artefact path must name a file under the catalogue root, the
+folder above the one holding the entry (`desktop-images/` for `desktop-images/catalogue/x.toml`).
+`desktop-images/README.md` documents the format key by key.
+
+`Entry.spec()` is the normalized entry as JSON-able data (paths stay relative to the root): it is what
+`Image.spec` stores, what connectors receive as `LabSpec.params`, and what the import's digest is taken of.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path, PurePosixPath
+from typing import Any, Callable
+
+from broker.errors import LabDeskError
+
+PROTOCOLS = ("vnc", "rdp", "ssh", "telnet")
+BACKENDS = ("heat", "libvirt", "vagrant", "local")
+MACHINES = ("q35", "pc")
+VIDEOS = ("virtio", "qxl", "vga", "bochs")
+GRAPHICS = ("vnc", "spice", "none")
+
+SLUG = re.compile(r"[a-z0-9][a-z0-9-]{1,62}\Z")
+HOST_NAME = re.compile(r"[a-z][a-z0-9-]{0,62}\Z")
+TAG = re.compile(r"[a-z0-9][a-z0-9+.-]{0,31}\Z")
+USER_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}\Z")
+GPU_MODEL = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}\Z")
+POOL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}\Z")
+BOX = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*\Z")
+SECRET_WORDS = re.compile(r"pass|secret|token|private", re.IGNORECASE)
+
+
+class CatalogueError(LabDeskError):
+    """One or more entries are invalid; `problems` holds one `<file>: <key>: <reason>` line each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+# -- the entry --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Port:
+    protocol: str
+    port: int
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str
+    ports: tuple[Port, ...]  # the first is the host's default protocol
+
+
+@dataclass(frozen=True)
+class LabUser:
+    name: str
+
+
+@dataclass(frozen=True)
+class Resources:
+    vcpu: int
+    ram_mb: int
+    disk_gb: int
+    gpu: bool | str = False  # or a model name such as "nvidia-t4"
+
+
+@dataclass(frozen=True)
+class Defaults:
+    idle_suspend_after: int | None = None  # seconds; None: the site's setting
+    reap_after_days: int | None = None
+
+
+@dataclass(frozen=True)
+class HeatBackend:
+    template: str
+    environment: str | None = None
+
+
+@dataclass(frozen=True)
+class LibvirtBackend:
+    base_image: str
+    machine: str = "q35"
+    video: str = "virtio"
+    graphics: str = "vnc"
+
+
+@dataclass(frozen=True)
+class VagrantBackend:
+    box: str
+    vagrantfile: str
+
+
+@dataclass(frozen=True)
+class LocalBackend:
+    command: str
+
+
+@dataclass(frozen=True)
+class Backends:
+    heat: HeatBackend | None = None
+    libvirt: LibvirtBackend | None = None
+    vagrant: VagrantBackend | None = None
+    local: LocalBackend | None = None
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(name for name in BACKENDS if getattr(self, name) is not None)
+
+
+@dataclass(frozen=True)
+class Check:
+    id: str
+    title: str
+    run: str
+    weight: float = 1
+    host: str = ""  # the host it runs on; normalized to the first host when left out
+
+
+@dataclass(frozen=True)
+class Entry:
+    id: str
+    title: str
+    lab_user: LabUser
+    resources: Resources
+    hosts: tuple[Host, ...]
+    backends: Backends
+    description: str = ""
+    tags: tuple[str, ...] = ()
+    instructions: str = ""
+    defaults: Defaults = field(default_factory=Defaults)
+    checks: tuple[Check, ...] = ()
+    max_score: float | None = None  # None: the sum of the check weights (no checks: not graded)
+
+    @property
+    def protocol(self) -> str:
+        """The default protocol: the first port of the first host."""
+        return self.hosts[0].ports[0].protocol
+
+    def spec(self) -> dict[str, Any]:
+        """The normalized entry as JSON-able data; keys that were left out are absent (not null)."""
+        data = _jsonable(self)
+        if self.checks and self.max_score is None:
+            data["max_score"] = _number_value(sum(check.weight for check in self.checks))
+        return data
+
+    def digest(self) -> str:
+        text = json.dumps(self.spec(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "__dataclass_fields__"):
+        return {k: _jsonable(v) for k, v in vars(value).items() if v is not None}
+    if isinstance(value, tuple):
+        return [_jsonable(v) for v in value]
+    return _number_value(value) if isinstance(value, float) else value
+
+
+def _number_value(number: float) -> float | int:
+    return int(number) if float(number).is_integer() else number
+
+
+# -- reading one file -------------------------------------------------------------------------------------
+def shown(path: Path) -> str:
+    """A path as messages show it: relative to the working directory when under it."""
+    absolute = Path(os.path.abspath(path))
+    try:
+        return str(absolute.relative_to(Path.cwd()))
+    except ValueError:
+        return str(absolute)
+
+
+def root_of(path: Path) -> Path:
+    """The catalogue root an entry's artefact paths are relative to: the folder above its own."""
+    return Path(os.path.abspath(path)).parent.parent
+
+
+def load(path: Path, root: Path | None = None) -> Entry:
+    """Read and validate one entry; raises CatalogueError with every problem of the file."""
+    reader = _Reader(shown(path), root or root_of(path))
+    try:
+        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CatalogueError([f"{reader.file}: (file): cannot read: {exc}"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise CatalogueError([f"{reader.file}: (toml): not valid TOML: {exc}"]) from None
+    entry = _entry(reader, raw, Path(path).stem)
+    if reader.problems or entry is None:
+        raise CatalogueError(reader.problems)
+    return entry
+
+
+class _Reader:
+    """Collects the problems of one file; every check returns None for a value it rejects."""
+
+    def __init__(self, file: str, root: Path) -> None:
+        self.file, self.root, self.problems = file, root, []
+
+    def problem(self, key: str, reason: str) -> None:
+        self.problems.append(f"{self.file}: {key}: {reason}")
+
+    def table(self, raw: Any, key: str, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict[str, Any] | None:
+        """A table with exactly these keys allowed; reports unknown and missing ones."""
+        if not isinstance(raw, dict):
+            self.problem(key, f"expected a table, got {_show(raw)}")
+            return None
+        allowed = required + optional
+        for name in raw:
+            if name not in allowed:
+                self.problem(_join(key, name), _unknown(name, allowed))
+        for name in required:
+            if name not in raw:
+                self.problem(_join(key, name), "required key is missing")
+        return raw
+
+    def text(self, raw: Any, key: str, pattern: re.Pattern[str] | None = None, what: str = "") -> str | None:
+        if not isinstance(raw, str):
+            self.problem(key, f"expected a string, got {_show(raw)}")
+            return None
+        if pattern is not None and not pattern.match(raw):
+            self.problem(key, f"expected {what}, got {_show(raw)}")
+            return None
+        if pattern is None and not raw.strip() and what:
+            self.problem(key, f"expected {what}, got an empty string")
+            return None
+        return raw.strip() if pattern is None else raw
+
+    def whole(self, raw: Any, key: str, low: int, high: int, what: str = "a whole number") -> int | None:
+        if not isinstance(raw, int) or isinstance(raw, bool) or not low <= raw <= high:
+            self.problem(key, f"expected {what} {low}-{high}, got {_show(raw)}")
+            return None
+        return raw
+
+    def positive(self, raw: Any, key: str) -> float | None:
+        if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not 0 < raw < 1e6:
+            self.problem(key, f"expected a positive number, got {_show(raw)}")
+            return None
+        return float(raw)
+
+    def choice(self, raw: Any, key: str, choices: tuple[str, ...], what: str) -> str | None:
+        if raw not in choices:
+            self.problem(key, f"unknown {what} {_show(raw)} (expected one of: {', '.join(choices)})")
+            return None
+        return str(raw)
+
+    def artefact(self, raw: Any, key: str) -> str | None:
+        """A relative POSIX path to a file under the catalogue root."""
+        path = self.text(raw, key)
+        if path is None:
+            return None
+        parts = PurePosixPath(path).parts
+        if not path or path.startswith("/") or "\\" in path or ".." in parts:
+            self.problem(key, f"expected a path relative to the catalogue root without '..', got {_show(raw)}")
+            return None
+        if not (self.root / path).is_file():
+            self.problem(key, f"file not found: {shown(self.root / path)}")
+            return None
+        return path
+
+    def items(self, raw: Any, key: str, read: Callable[[Any, str], Any], at_least: int = 0) -> tuple[Any, ...] | None:
+        """An array of tables, each read by `read(item, key[i])`; None if any item is bad."""
+        if not isinstance(raw, list):
+            self.problem(key, f"expected an array, got {_show(raw)}")
+            return None
+        if len(raw) < at_least:
+            self.problem(key, f"at least {at_least} required, got none")
+            return None
+        read_items = [read(item, f"{key}[{i}]") for i, item in enumerate(raw)]
+        return None if any(item is None for item in read_items) else tuple(read_items)
+
+    def unique(self, values: list[tuple[Any, str]], what: str) -> bool:
+        """Report each (value, key) whose value an earlier one already had."""
+        seen: dict[Any, str] = {}
+        for value, key in values:
+            if value in seen:
+                self.problem(key, f"duplicate {what} {_show(value)} (also {seen[value]})")
+            else:
+                seen[value] = key
+        return len(seen) == len(values)
+
+
+def _join(key: str, name: str) -> str:
+    return f"{key}.{name}" if key else name
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    text = json.dumps(value, default=str, ensure_ascii=False)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _unknown(name: str, allowed: tuple[str, ...]) -> str:
+    if SECRET_WORDS.search(name):
+        return "no passwords or secrets in the catalogue: credentials are injected at boot"
+    close = difflib.get_close_matches(name, allowed, n=1)
+    if close:
+        return f'unknown key (did you mean "{close[0]}"?)'
+    return f"unknown key (allowed: {', '.join(allowed)})"
+
+
+# -- the sections, one function each --------------------------------------------------------------------
+TOP_REQUIRED = ("id", "title", "lab_user", "resources", "hosts", "backends")
+TOP_OPTIONAL = ("description", "tags", "instructions", "defaults", "checks", "max_score")
+
+
+def _entry(r: _Reader, raw: dict[str, Any], file_stem: str) -> Entry | None:
+    r.table(raw, "", TOP_REQUIRED, TOP_OPTIONAL)
+    missing = object()
+    got = {name: raw.get(name, missing) for name in TOP_REQUIRED + TOP_OPTIONAL}
+    read = lambda name, fn: None if got[name] is missing else fn(r, got[name])  # noqa: E731
+    values = {
+        "id": read("id", lambda r, v: _id(r, v, file_stem)),
+        "title": read("title", lambda r, v: r.text(v, "title", what="a title")),
+        "lab_user": read("lab_user", _lab_user),
+        "resources": read("resources", _resources),
+        "hosts": read("hosts", _hosts),
+        "backends": read("backends", _backends),
+    }
+    optional = {
+        "description": read("description", lambda r, v: r.text(v, "description")),
+        "tags": read("tags", _tags),
+        "instructions": read("instructions", lambda r, v: r.text(v, "instructions")),
+        "defaults": read("defaults", _defaults),
+        "checks": read("checks", _checks),
+        "max_score": read("max_score", lambda r, v: r.positive(v, "max_score")),
+    }
+    if values["hosts"] and optional["checks"]:
+        optional["checks"] = _check_hosts(r, optional["checks"], values["hosts"])
+    if r.problems or any(v is None for v in values.values()):
+        return None
+    return Entry(**values, **{k: v for k, v in optional.items() if v is not None})
+
+
+def _id(r: _Reader, raw: Any, file_stem: str) -> str | None:
+    slug = r.text(raw, "id", SLUG, "a slug of a-z, 0-9 and '-' (2-63 characters, not starting with '-')")
+    if slug is not None and slug != file_stem:
+        r.problem("id", f'does not match the file name: expected "{file_stem}", got "{slug}"')
+        return None
+    return slug
+
+
+def _tags(r: _Reader, raw: Any) -> tuple[str, ...] | None:
+    if not isinstance(raw, list):
+        r.problem("tags", f"expected an array of strings, got {_show(raw)}")
+        return None
+    tags = [r.text(tag, f"tags[{i}]", TAG, "a lower-case tag") for i, tag in enumerate(raw)]
+    return None if None in tags else tuple(tags)  # type: ignore[arg-type]
+
+
+def _lab_user(r: _Reader, raw: Any) -> LabUser | None:
+    table = r.table(raw, "lab_user", ("name",))
+    if table is None or "name" not in table:
+        return None
+    name = r.text(table["name"], "lab_user.name", USER_NAME, "a Unix user name")
+    return LabUser(name) if name else None
+
+
+def _resources(r: _Reader, raw: Any) -> Resources | None:
+    table = r.table(raw, "resources", ("vcpu", "ram_mb", "disk_gb"), ("gpu",))
+    if table is None:
+        return None
+    limits = {"vcpu": (1, 512), "ram_mb": (128, 4_194_304), "disk_gb": (1, 65_536)}
+    numbers = {k: r.whole(table[k], f"resources.{k}", *limits[k]) for k in limits if k in table}
+    gpu = _gpu(r, table.get("gpu", False))
+    if len(numbers) < 3 or None in numbers.values() or gpu is None:
+        return None
+    return Resources(**numbers, gpu=gpu)  # type: ignore[arg-type]
+
+
+def _gpu(r: _Reader, raw: Any) -> bool | str | None:
+    if isinstance(raw, bool):
+        return raw
+    return r.text(raw, "resources.gpu", GPU_MODEL, 'true, false or a lower-case GPU model such as "nvidia-t4"')
+
+
+def _defaults(r: _Reader, raw: Any) -> Defaults | None:
+    table = r.table(raw, "defaults", (), ("idle_suspend_after", "reap_after_days"))
+    if table is None:
+        return None
+    idle = table.get("idle_suspend_after")
+    reap = table.get("reap_after_days")
+    idle_ok = idle is None or r.whole(idle, "defaults.idle_suspend_after", 60, 604_800, "seconds") is not None
+    reap_ok = reap is None or r.whole(reap, "defaults.reap_after_days", 1, 3650, "days") is not None
+    return Defaults(idle, reap) if idle_ok and reap_ok else None
+
+
+def _hosts(r: _Reader, raw: Any) -> tuple[Host, ...] | None:
+    hosts = r.items(raw, "hosts", lambda item, key: _host(r, item, key), at_least=1)
+    if hosts is None:
+        return None
+    names_unique = r.unique([(h.name, f"hosts[{i}].name") for i, h in enumerate(hosts)], "host name")
+    return hosts if names_unique else None
+
+
+def _host(r: _Reader, raw: Any, key: str) -> Host | None:
+    table = r.table(raw, key, ("name", "ports"))
+    if table is None or "name" not in table or "ports" not in table:
+        return None
+    name = r.text(table["name"], f"{key}.name", HOST_NAME, "a host name of a-z, 0-9 and '-'")
+    ports = r.items(table["ports"], f"{key}.ports", lambda item, k: _port(r, item, k), at_least=1)
+    if ports is None or name is None:
+        return None
+    numbers = [(p.port, f"{key}.ports[{i}].port") for i, p in enumerate(ports)]
+    return Host(name, ports) if r.unique(numbers, "port") else None
+
+
+def _port(r: _Reader, raw: Any, key: str) -> Port | None:
+    table = r.table(raw, key, ("protocol", "port"))
+    if table is None or "protocol" not in table or "port" not in table:
+        return None
+    protocol = r.choice(table["protocol"], f"{key}.protocol", PROTOCOLS, "protocol")
+    number = r.whole(table["port"], f"{key}.port", 1, 65535, "a port number")
+    return Port(protocol, number) if protocol and number else None
+
+
+def _backends(r: _Reader, raw: Any) -> Backends | None:
+    table = r.table(raw, "backends", (), BACKENDS)
+    if table is None:
+        return None
+    readers = {"heat": _heat, "libvirt": _libvirt, "vagrant": _vagrant, "local": _local}
+    found = {name: readers[name](r, table[name]) for name in BACKENDS if name in table}
+    if not found:
+        r.problem("backends", f"at least one backend is required ({', '.join(BACKENDS)})")
+        return None
+    return None if None in found.values() else Backends(**found)  # type: ignore[arg-type]
+
+
+def _heat(r: _Reader, raw: Any) -> HeatBackend | None:
+    table = r.table(raw, "backends.heat", ("template",), ("environment",))
+    if table is None or "template" not in table:
+        return None
+    template = r.artefact(table["template"], "backends.heat.template")
+    environment = r.artefact(table["environment"], "backends.heat.environment") if "environment" in table else None
+    if template is None or ("environment" in table and environment is None):
+        return None
+    return HeatBackend(template, environment)
+
+
+def _libvirt(r: _Reader, raw: Any) -> LibvirtBackend | None:
+    table = r.table(raw, "backends.libvirt", ("base_image",), ("machine", "video", "graphics"))
+    if table is None or "base_image" not in table:
+        return None
+    base = r.text(table["base_image"], "backends.libvirt.base_image", POOL_NAME, "a volume name in the host's image pool")
+    options = {
+        name: r.choice(table[name], f"backends.libvirt.{name}", choices, name.rstrip("s"))
+        for name, choices in (("machine", MACHINES), ("video", VIDEOS), ("graphics", GRAPHICS)) if name in table
+    }
+    if base is None or None in options.values():
+        return None
+    return LibvirtBackend(base, **options)  # type: ignore[arg-type]
+
+
+def _vagrant(r: _Reader, raw: Any) -> VagrantBackend | None:
+    table = r.table(raw, "backends.vagrant", ("box", "vagrantfile"))
+    if table is None or "box" not in table or "vagrantfile" not in table:
+        return None
+    box = r.text(table["box"], "backends.vagrant.box", BOX, 'a box name such as "labdesk/debian-lab-desktop"')
+    vagrantfile = r.artefact(table["vagrantfile"], "backends.vagrant.vagrantfile")
+    return VagrantBackend(box, vagrantfile) if box and vagrantfile else None
+
+
+def _local(r: _Reader, raw: Any) -> LocalBackend | None:
+    table = r.table(raw, "backends.local", ("command",))
+    if table is None or "command" not in table:
+        return None
+    command = r.text(table["command"], "backends.local.command", what="a command")
+    return LocalBackend(command) if command else None
+
+
+def _checks(r: _Reader, raw: Any) -> tuple[Check, ...] | None:
+    checks = r.items(raw, "checks", lambda item, key: _check(r, item, key))
+    if checks is None:
+        return None
+    return checks if r.unique([(c.id, f"checks[{i}].id") for i, c in enumerate(checks)], "check id") else None
+
+
+def _check(r: _Reader, raw: Any, key: str) -> Check | None:
+    table = r.table(raw, key, ("id", "title", "run"), ("weight", "host"))
+    if table is None or any(name not in table for name in ("id", "title", "run")):
+        return None
+    check_id = r.text(table["id"], f"{key}.id", SLUG, "a slug of a-z, 0-9 and '-'")
+    title = r.text(table["title"], f"{key}.title", what="a title")
+    run = r.artefact(table["run"], f"{key}.run")
+    weight = r.positive(table["weight"], f"{key}.weight") if "weight" in table else 1.0
+    host = r.text(table["host"], f"{key}.host", HOST_NAME, "a host name") if "host" in table else ""
+    if not (check_id and title and run and weight) or host is None:
+        return None
+    return Check(check_id, title, run, weight, host)
+
+
+def _check_hosts(r: _Reader, checks: tuple[Check, ...], hosts: tuple[Host, ...]) -> tuple[Check, ...] | None:
+    """Each check's host must be one of the entry's; a check without one runs on the first host."""
+    names = [host.name for host in hosts]
+    for i, check in enumerate(checks):
+        if check.host and check.host not in names:
+            r.problem(f"checks[{i}].host", f"unknown host \"{check.host}\" (hosts: {', '.join(names)})")
+    return tuple(replace(check, host=check.host or names[0]) for check in checks)
