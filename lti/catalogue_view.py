@@ -1,16 +1,19 @@
 """How a catalogue image reads in the instructor's lab picker.
 
-The catalogue format (`images.spec`) is defined by a later issue, so every key is read defensively: a key
-that is missing, or holds something of the wrong kind, is left out or falls back to a default instead of
-breaking the picker. The keys read here:
+`images.spec` holds the normalized catalogue entry (`broker.catalogue`, `desktop-images/README.md`). It is
+still read defensively, since rows written before the catalogue format, or by hand, may hold anything: a
+key that is missing, or holds something of the wrong kind, is left out or falls back to a default instead
+of breaking the picker. The keys read here:
 
 - `resources`: a mapping with any of `vcpu`, `ram_mb`, `disk_gb` (numbers) and `gpu` (true, or a model
   name); only what is present is shown.
 - `checks`: a list of `{"title": str, "weight": number}`; entries without a title are skipped, a missing
   weight counts as 0.
 - `max_score`: a positive number; else the sum of the check weights; else 10.
-- `idle_suspend_after`: seconds of idleness before a lab is suspended; default `settings.idle_suspend_after`.
-- `reap_after_days`: days unused before a lab is deleted; default `settings.reap_after_days`.
+- `defaults.idle_suspend_after`: seconds of idleness before a lab is suspended; default
+  `settings.idle_suspend_after`.
+- `defaults.reap_after_days`: days unused before a lab is deleted; default `settings.reap_after_days`.
+  (Both are also read at the top level of the spec, where rows from before the catalogue format kept them.)
 
 Only the newest version of each slug is offered, since a new link should start on the current image.
 """
@@ -71,8 +74,8 @@ def card(image: Image, settings: Settings) -> LabCard:
         resources=_resources(spec.get("resources")),
         checks=checks,
         max_score=_max_score(spec.get("max_score"), checks),
-        idle_suspend_after=_whole(spec.get("idle_suspend_after"), settings.idle_suspend_after),
-        reap_after_days=_whole(spec.get("reap_after_days"), settings.reap_after_days),
+        idle_suspend_after=_whole(_default(spec, "idle_suspend_after"), settings.idle_suspend_after),
+        reap_after_days=_whole(_default(spec, "reap_after_days"), settings.reap_after_days),
     )
 
 
@@ -102,6 +105,14 @@ def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return None
     return float(value)
+
+
+def _default(spec: dict[str, Any], key: str) -> Any:
+    """An entry's `defaults` value, or the top-level key of a spec from before the catalogue format."""
+    defaults = spec.get("defaults")
+    if isinstance(defaults, dict) and key in defaults:
+        return defaults[key]
+    return spec.get(key)
 
 
 def _whole(value: Any, default: int) -> int:
