@@ -35,21 +35,28 @@ apt-get update -q
 # Base of every lab VM: init, network by DHCP (cloud-init configures the rest), the guest agent
 # (the broker's connectors and Nova use it, e.g. to set the time after resume), chrony, ssh, screen.
 apt_install \
-  systemd-sysv udev dbus kmod e2fsprogs iproute2 ifupdown isc-dhcp-client netbase procps \
+  systemd-sysv udev dbus kmod e2fsprogs iproute2 netbase procps \
   ca-certificates less nano vim-tiny sudo locales \
   openssh-server screen qemu-guest-agent cloud-init cloud-guest-utils chrony
+# A network stack only where there is none (a debootstrap tree); a cloud image keeps its own.
+network_fallback=0
+if ! dpkg -s ifupdown netplan.io 2>/dev/null | grep -q '^Status: install ok installed' \
+   && ! ls /etc/systemd/network/*.network >/dev/null 2>&1; then
+  apt_install ifupdown isc-dhcp-client
+  network_fallback=1
+fi
 if [ "$VARIANT" = desktop ]; then
   # A light XFCE desktop, reachable by RDP (xrdp + xorgxrdp, port 3389) and by VNC (TigerVNC, :1 = 5901).
   apt_install \
     xfce4 xfce4-terminal dbus-x11 at-spi2-core fonts-dejavu-core xfonts-base mousepad \
     xrdp xorgxrdp ssl-cert tigervnc-standalone-server tigervnc-tools
 fi
-# A small network fallback for images booted without cloud-init network config: DHCP on the first NIC.
-if [ ! -e /etc/network/interfaces.d/labdesk-dhcp ] && ! grep -qs 'inet dhcp' /etc/network/interfaces; then
-  mkdir -p /etc/network/interfaces.d
-  printf 'auto lo\niface lo inet loopback\n\nsource /etc/network/interfaces.d/*\n' > /etc/network/interfaces
-  printf '# LabDesk fallback; cloud-init writes 50-cloud-init when it configures the network\nallow-hotplug ens3 enp1s0 eth0\niface ens3 inet dhcp\niface enp1s0 inet dhcp\niface eth0 inet dhcp\n' \
-    > /etc/network/interfaces.d/labdesk-dhcp
+# With that stack: DHCP on every NIC (the usual virtio names), and cloud-init leaves the network alone
+# (its ENI file would define the same interfaces twice). Labs needing static addresses configure them
+# in course-software.sh. A cloud image (Packer) keeps its own network set-up instead.
+if [ "$network_fallback" = 1 ]; then
+  install -m 0644 "$FILES/network/interfaces" /etc/network/interfaces
+  install -m 0644 "$FILES/network/90-labdesk-network.cfg" /etc/cloud/cloud.cfg.d/90-labdesk-network.cfg
 fi
 sed -i 's/^# *\(en_US.UTF-8 UTF-8\)/\1/' /etc/locale.gen && locale-gen >/dev/null
 
