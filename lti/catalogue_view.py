@@ -74,8 +74,8 @@ def card(image: Image, settings: Settings) -> LabCard:
         resources=_resources(spec.get("resources")),
         checks=checks,
         max_score=_max_score(spec.get("max_score"), checks),
-        idle_suspend_after=_whole(_default(spec, "idle_suspend_after"), settings.idle_suspend_after),
-        reap_after_days=_whole(_default(spec, "reap_after_days"), settings.reap_after_days),
+        idle_suspend_after=_whole(entry_default(spec, "idle_suspend_after"), settings.idle_suspend_after),
+        reap_after_days=_whole(entry_default(spec, "reap_after_days"), settings.reap_after_days),
     )
 
 
@@ -107,7 +107,7 @@ def _number(value: Any) -> float | None:
     return float(value)
 
 
-def _default(spec: dict[str, Any], key: str) -> Any:
+def entry_default(spec: dict[str, Any], key: str) -> Any:
     """An entry's `defaults` value, or the top-level key of a spec from before the catalogue format."""
     defaults = spec.get("defaults")
     if isinstance(defaults, dict) and key in defaults:

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from broker.clock import utcnow
 from broker.models import Activity, Backend, Course, Image, Membership, User
+from lti.catalogue_view import entry_default
 from lti.claims import Launch
 from lti.models import LinkServices
 
@@ -77,7 +78,7 @@ def _create_activity(session: Session, launch: Launch, course_id: int, default_b
     backend_id = session.scalar(select(Backend.id).where(Backend.name == default_backend))
     if image is None or backend_id is None:
         raise LinkNotConfigured(launch.custom.get("lab", ""))
-    settings = {key: _whole(image.spec.get(key), value) for key, value in defaults.items()}
+    settings = {key: _whole(entry_default(image.spec, key), value) for key, value in defaults.items()}
     return _upsert(
         session, Activity,
         dict(course_id=course_id, resource_link_id=launch.resource_link_id, title=launch.resource_link_title or image.title,

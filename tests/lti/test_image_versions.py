@@ -55,3 +55,13 @@ def test_an_instructor_moves_an_activity_to_a_newer_image_version(lms: LiveServe
     assert "already uses the newest version" in again.text
     learner = Person(rt, "emu-learner-2")
     assert learner.http.post(f"{learner.base}{page_path}/image", data={}, timeout=10).status_code in (400, 404)
+
+
+def test_a_new_activity_takes_its_idle_and_reap_defaults_from_the_catalogue_entry(lms: LiveServer, rt: Runtime) -> None:
+    with rt.session() as db:
+        db.scalar(select(Image)).spec = {"defaults": {"idle_suspend_after": 777, "reap_after_days": 5}}
+        db.commit()
+    Person(rt, "emu-learner-1")
+    with rt.session() as db:
+        activity = db.scalar(select(Activity))
+        assert (activity.idle_suspend_after, activity.reap_after_days) == (777, 5)
