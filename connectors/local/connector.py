@@ -6,7 +6,8 @@ process group (see `desktop`); all state lives on disk and in /proc, so any rq w
 on a lab another one created.
 
 Settings: `state_dir` (default `$XDG_RUNTIME_DIR/labdesk-local`, else `/tmp/labdesk-local`), `command`
-(the lab app, run by `sh -c`; default `xterm` if installed, "" for none), `window_manager` (default
+(the lab app, run by `sh -c`; default `xterm` if installed, "" for none; a catalogue entry's
+`[backends.local] command` wins), `window_manager` (default
 `openbox` if installed, "" for none), `xvfb` and `x11vnc` (program names or paths).
 """
 
@@ -49,6 +50,15 @@ def default_state_dir() -> Path:
     return Path(runtime, "labdesk-local") if runtime else Path("/tmp/labdesk-local")
 
 
+def _catalogue_command(spec: LabSpec) -> str | None:
+    """The lab app the image's catalogue entry names (`[backends.local] command`), if any: it wins over
+    the backend's `command` setting, so one local backend can serve several catalogue labs."""
+    backends = spec.params.get("backends")
+    local = backends.get("local") if isinstance(backends, dict) else None
+    command = local.get("command") if isinstance(local, dict) else None
+    return command if isinstance(command, str) else None
+
+
 def _installed_or_none(program: str) -> str:
     """`program` if it is on PATH, else "" (the optional parts of a desktop are left out, not required)."""
     return program if shutil.which(program) else ""
@@ -74,7 +84,7 @@ class LocalConnector(Connector):
             if record is None or not self._members(lab_dir, record):
                 if record is not None:
                     displays.clear_stale(record.display)
-                self._start(spec.lab_id, lab_dir, xvfb, x11vnc)
+                self._start(spec.lab_id, lab_dir, xvfb, x11vnc, _catalogue_command(spec))
         return self._handle(spec.lab_id, lab_dir)
 
     def observe(self, handle: Handle) -> Observation:
@@ -174,11 +184,11 @@ class LocalConnector(Connector):
         """What a learner reads when state_dir is unusable."""
         return "This server cannot start local desktops: its state directory is not writable."
 
-    def _start(self, lab_id: int, lab_dir: Path, xvfb: str, x11vnc: str) -> None:
+    def _start(self, lab_id: int, lab_dir: Path, xvfb: str, x11vnc: str, command: str | None = None) -> None:
         """Create the lab afresh (over the leftovers of a desktop that died): files, then processes."""
         shutil.rmtree(lab_dir, ignore_errors=True)
         lab_dir.mkdir(mode=0o700)
-        desktop = self._desktop(lab_dir, xvfb, x11vnc)
+        desktop = self._desktop(lab_dir, xvfb, x11vnc, command)
         write_password(desktop.password_file, new_password())
         write_authority(desktop.xauthority, desktop.display)
         try:
@@ -190,13 +200,14 @@ class LocalConnector(Connector):
         record = labs.LabRecord(lab_id, desktop.display, desktop.port, pgid, pid, str(desktop.password_file))
         labs.write_record(lab_dir, record)
 
-    def _desktop(self, lab_dir: Path, xvfb: str, x11vnc: str) -> Desktop:
+    def _desktop(self, lab_dir: Path, xvfb: str, x11vnc: str, command: str | None = None) -> Desktop:
         """A display and port no other lab holds or has reserved (the caller holds the lock)."""
         reserved = [record for _, record in labs.records(self.state_dir)]
         display = displays.first_free(displays.in_use() | {r.display for r in reserved})
         port = free_port(HOST, {r.port for r in reserved})
         window_manager = self.config.get("window_manager", _installed_or_none("openbox"))
-        command = self.config.get("command", _installed_or_none("xterm"))
+        if command is None:
+            command = self.config.get("command", _installed_or_none("xterm"))
         return Desktop(lab_dir, display, port, xvfb, x11vnc, window_manager or "", command or "")
 
     def _startup(self, record: labs.LabRecord) -> Observation:

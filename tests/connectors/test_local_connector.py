@@ -182,6 +182,14 @@ class TestLocalDesktop:
         assert record_of(ready).pgid != first.pgid
         assert first.display not in displays.in_use() or record_of(ready).display == first.display
 
+    def test_the_catalogue_entrys_command_is_the_labs_app(self, local: LocalConnector) -> None:
+        marker_seconds = "4242.5"
+        params = {"backends": {"local": {"command": f"sleep {marker_seconds}"}}}
+        handle = local.provision(LabSpec(lab_id=77, image="custom", owner="learner", params=params))
+        wait_for(local, handle, ObservedState.READY)
+        commands = [Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ") for pid in alive_pids(handle)]
+        assert any(f"sleep {marker_seconds}".encode() in command for command in commands), commands
+
     def test_two_labs_get_their_own_display_and_port(self, local: LocalConnector, ready: Handle) -> None:
         other = local.provision(spec(2))
         wait_for(local, other, ObservedState.READY)
