@@ -170,11 +170,23 @@ rm -f "$RAW" "$QCOW"
 truncate -s "$SIZE" "$RAW"
 printf 'label: dos\nstart=2048, type=83, bootable\n' | sfdisk -q "$RAW"
 LOOP=$(losetup --find --show --partscan "$RAW")
-for _ in $(seq 50); do [ -b "${LOOP}p1" ] && break; sleep 0.1; done
-mkfs.ext4 -q -L labdesk-root "${LOOP}p1"
-uuid=$(blkid -s UUID -o value "${LOOP}p1")
+PART="${LOOP}p1"
+# The kernel's partition scan can lag or be missing (containers without udev): ask again with partx,
+# and make the device node from sysfs when nothing else does.
+sysfs_dev="/sys/block/${LOOP#/dev/}/${LOOP#/dev/}p1/dev"
+for i in $(seq 50); do
+  [ -b "$PART" ] && break
+  [ "$i" != 5 ] || partx --add "$LOOP" 2>/dev/null || true
+  if [ "$i" -gt 5 ] && [ -r "$sysfs_dev" ]; then
+    IFS=: read -r major minor < "$sysfs_dev"; mknod "$PART" b "$major" "$minor"
+  fi
+  sleep 0.1
+done
+[ -b "$PART" ] || { echo "build-image.sh: no partition device for $LOOP" >&2; exit 1; }
+mkfs.ext4 -q -L labdesk-root "$PART"
+uuid=$(blkid -s UUID -o value "$PART")
 mkdir -p "$MNT"
-mount "${LOOP}p1" "$MNT"; mounted+=("$MNT")
+mount "$PART" "$MNT"; mounted+=("$MNT")
 cp -a "$ROOT"/. "$MNT"/
 printf 'UUID=%s / ext4 errors=remount-ro 0 1\n' "$uuid" > "$MNT/etc/fstab"
 chroot_mounts "$MNT"
