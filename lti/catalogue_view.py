@@ -28,7 +28,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from broker.config import Settings
-from broker.models import Image
+from broker.models import Backend, Image
 
 DEFAULT_MAX_SCORE = 10.0
 
@@ -80,7 +80,16 @@ def card(image: Image, settings: Settings) -> LabCard:
 
 
 def catalogue(db: Session, settings: Settings) -> list[LabCard]:
-    return [card(image, settings) for image in newest_images(db)]
+    """The labs an instructor may pick: those that can run on the backend new activities use."""
+    kind = db.scalar(select(Backend.kind).where(Backend.name == settings.default_backend))
+    return [card(image, settings) for image in newest_images(db) if runs_on(image, kind)]
+
+
+def runs_on(image: Image, kind: str | None) -> bool:
+    """Whether the entry has artefacts for backends of `kind` (an entry from before the catalogue format,
+    without `backends`, is assumed to run anywhere)."""
+    backends = image.spec.get("backends") if isinstance(image.spec, dict) else None
+    return not isinstance(backends, dict) or kind in backends
 
 
 def number_text(value: float) -> str:

@@ -323,3 +323,16 @@ def test_the_picker_over_real_http(rt: Runtime, app: Flask, live: str, catalogue
 
     assert browser.post(live + form.action, data=fields, timeout=10).status_code == 403
     assert requests.get(f"{live}/lti/deep-link/{token}", timeout=10).status_code == 403  # a browser without the session
+
+
+def test_the_picker_offers_only_labs_that_can_run_on_the_sites_backend(rt: Runtime) -> None:
+    from broker.models import Backend
+    from lti.catalogue_view import catalogue
+
+    with rt.session() as db:
+        db.add(Backend(name=rt.settings.default_backend, kind="local", config={}))
+        db.add(Image(slug="cloud-only", version=1, title="Cloud", protocol="rdp", spec={"backends": {"heat": {}}}))
+        db.add(Image(slug="here", version=1, title="Here", protocol="vnc", spec={"backends": {"local": {}, "heat": {}}}))
+        db.add(Image(slug="legacy", version=1, title="Legacy", protocol="vnc", spec={}))
+        db.commit()
+        assert [lab.slug for lab in catalogue(db, rt.settings)] == ["here", "legacy"]
