@@ -192,6 +192,11 @@ printf 'UUID=%s / ext4 errors=remount-ro 0 1\n' "$uuid" > "$MNT/etc/fstab"
 chroot_mounts "$MNT"
 chroot "$MNT" grub-install --target=i386-pc --boot-directory=/boot "$LOOP"
 chroot "$MNT" update-grub
+# Without udev there is no /dev/disk/by-uuid, so grub-mkconfig wrote root=/dev/loopNp1: boot by UUID.
+# (update-grub inside the VM later writes root=UUID=… by itself.)
+sed -i "s|root=$PART |root=UUID=$uuid |" "$MNT/boot/grub/grub.cfg"
+grep -q "root=UUID=$uuid " "$MNT/boot/grub/grub.cfg" \
+  || { echo "build-image.sh: grub.cfg does not boot root=UUID=$uuid" >&2; exit 1; }
 chroot_umounts "$MNT"
 umount "$MNT"; mounted=("${mounted[@]/$MNT}")
 losetup -d "$LOOP"; LOOP=""
