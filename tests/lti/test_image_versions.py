@@ -9,29 +9,23 @@ import pytest
 from redis import Redis
 from sqlalchemy import select
 
-from app import create_app
 from broker.config import Settings
 from broker.models import Activity, Image
 from broker.runtime import Runtime
-from lti.emulator.registration import register_with_tool
-from tests.conftest import make_settings
-from tests.support.http import LiveServer, serve
-from tests.support.lms_browser import Person
-from tests.support.world import add_lab_catalogue
+from tests.support.http import LiveServer
+from tests.support.lms_browser import Person, lms_settings, serve_with_emulator
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
 def settings(db_url: str, tmp_path: Path, redis_client: Redis, port: int) -> Settings:
-    return make_settings(db_url, tmp_path, public_url=f"http://127.0.0.1:{port}", default_backend="fake")
+    return lms_settings(db_url, tmp_path, port)
 
 
 @pytest.fixture
 def lms(rt: Runtime, port: int, tmp_path: Path) -> Iterator[LiveServer]:
-    add_lab_catalogue(rt, str(tmp_path / "fake"), "local-desktop")
-    register_with_tool(rt)
-    yield from serve(create_app(rt.settings, rt), port)
+    yield from serve_with_emulator(rt, port, tmp_path)
 
 
 def test_an_instructor_moves_an_activity_to_a_newer_image_version(lms: LiveServer, rt: Runtime) -> None:

@@ -6,9 +6,39 @@ import re
 
 import requests
 
+from pathlib import Path
+from typing import Any, Iterator
+
+from sqlalchemy import select
+
+from app import create_app
+from broker.config import Settings
+from broker.models import Backend
 from broker.runtime import Runtime
 from lti.emulator import launches
+from lti.emulator.registration import register_with_tool
+from tests.conftest import make_settings
 from tests.emulator.flow import auto_forms
+from tests.support.http import LiveServer, serve
+from tests.support.world import add_lab_catalogue
+
+
+def lms_settings(db_url: str, tmp_path: Path, port: int) -> Settings:
+    """Settings for LabDesk on `port` with its emulator, new activities on the fake backend."""
+    return make_settings(db_url, tmp_path, public_url=f"http://127.0.0.1:{port}", default_backend="fake")
+
+
+def serve_with_emulator(rt: Runtime, port: int, tmp_path: Path, **backend_config: Any) -> Iterator[LiveServer]:
+    """The `local-desktop` lab on the fake backend (with extra settings), the emulator registered, the
+    app served on `port`."""
+    add_lab_catalogue(rt, str(tmp_path / "fake"), "local-desktop")
+    if backend_config:
+        with rt.session() as db:
+            backend = db.scalar(select(Backend).where(Backend.name == "fake"))
+            backend.config = {**backend.config, **backend_config}
+            db.commit()
+    register_with_tool(rt)
+    yield from serve(create_app(rt.settings, rt), port)
 
 
 class Person:

@@ -14,17 +14,13 @@ import requests
 from redis import Redis
 from sqlalchemy import select
 
-from app import create_app
 from broker.config import Settings
 from broker.models import Backend, Lab
 from broker.runtime import Runtime
 from broker.tunnel_tokens import TokenMinter
-from lti.emulator.registration import register_with_tool
-from tests.conftest import make_settings
-from tests.support.http import LiveServer, serve
-from tests.support.lms_browser import Person
+from tests.support.http import LiveServer
+from tests.support.lms_browser import Person, lms_settings, serve_with_emulator
 from tests.support.inline import lab_state, run_queued_jobs
-from tests.support.world import add_lab_catalogue
 
 pytestmark = pytest.mark.slow
 SECRET_PARTS = ("10.9.8.7", "5901", "pw-XYZ", "10.9.8.8")
@@ -36,18 +32,12 @@ ENDPOINTS = [
 
 @pytest.fixture
 def settings(db_url: str, tmp_path: Path, redis_client: Redis, port: int) -> Settings:
-    return make_settings(db_url, tmp_path, public_url=f"http://127.0.0.1:{port}", default_backend="fake")
+    return lms_settings(db_url, tmp_path, port)
 
 
 @pytest.fixture
 def lms(rt: Runtime, port: int, tmp_path: Path) -> Iterator[LiveServer]:
-    add_lab_catalogue(rt, str(tmp_path / "fake"), "local-desktop")
-    with rt.session() as db:
-        backend = db.scalar(select(Backend).where(Backend.name == "fake"))
-        backend.config = {"state_dir": str(tmp_path / "fake"), "endpoints": ENDPOINTS}
-        db.commit()
-    register_with_tool(rt)
-    yield from serve(create_app(rt.settings, rt), port)
+    yield from serve_with_emulator(rt, port, tmp_path, endpoints=ENDPOINTS)
 
 
 def learner_with_running_lab(rt: Runtime, sub: str) -> tuple[Person, int]:
