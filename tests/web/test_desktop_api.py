@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-import requests
 from redis import Redis
 from sqlalchemy import select
 
