@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import secrets as std_secrets
 import signal
 import subprocess
 import sys
@@ -180,13 +181,16 @@ def backends_add(name: str, kind: str, config_json: str, secret_pairs: tuple[str
     if not isinstance(config, dict):
         raise click.BadParameter("must be a JSON object", param_hint="--config")
     secrets = _key_values(secret_pairs, "--secret")
+    # Connectors derive each lab's passwords and keys from this (connectors/credentials.py).
+    secrets.setdefault("credential_seed", std_secrets.token_urlsafe(32))
+    connector_class(kind)(name, {**config, **secrets})  # refuses bad settings now, with its message
     with rt().session() as session:
         if session.scalar(select(Backend).where(Backend.name == name)):
             if if_missing:
                 click.echo(f"backend {name} exists")
                 return
             raise LabDeskError(f"a backend named '{name}' already exists")
-        session.add(Backend(name=name, kind=kind, config=config, secrets=rt().vault.seal(secrets) if secrets else None))
+        session.add(Backend(name=name, kind=kind, config=config, secrets=rt().vault.seal(secrets)))
         session.commit()
     click.echo(f"backend {name} ({kind}) registered")
 

@@ -42,6 +42,8 @@ class LabSpec:
     image: str
     owner: str
     params: Mapping[str, Any] = field(default_factory=dict)
+    course: str = ""  # a course/run tag for labelling backend objects; never a learner's identity
+    protocol: str = ""  # the image's default desktop protocol ("" lets the connector choose)
 
     @property
     def name(self) -> str:
@@ -51,11 +53,16 @@ class LabSpec:
 
 @dataclass(frozen=True)
 class Observation:
-    """A connector's answer to "how is this lab?": state, progress in percent and a human message."""
+    """A connector's answer to "how is this lab?": state, progress in percent and a human message.
+
+    `handle` is set when the connector moved the lab to a new backend object (a failed create retried on
+    another provider): the broker stores it in place of the old one.
+    """
 
     state: ObservedState
     progress: int = 0
     message: str = ""
+    handle: Handle | None = None
 
 
 @dataclass(frozen=True)
@@ -120,6 +127,9 @@ class Connector(abc.ABC):
     @abc.abstractmethod
     def list_managed(self) -> list[ManagedObject]:
         """Every object this backend holds for LabDesk, for the reconciler."""
+
+    def after_resume(self, handle: Handle) -> None:
+        """Called once a resumed lab is READY again, before learners reconnect (clock fixes and the like)."""
 
     def available(self) -> bool:
         """Whether the backend answers at all (for /healthz and `backends check`)."""

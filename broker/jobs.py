@@ -97,7 +97,12 @@ def _drive(session: Session, lab: Lab, step: Step, connector: Connector) -> Retr
     if lab.handle is None:  # deleting a lab that never reached its backend
         return _finish(session, lab, step)
     seen = connector.observe(lab.handle)
+    if seen.handle is not None and seen.handle != lab.handle:
+        lab.handle = seen.handle  # the connector moved the lab (e.g. to another provider)
+        session.commit()
     if seen.state == step.want:
+        if step.call == "resume":
+            connector.after_resume(lab.handle)
         return _finish(session, lab, step, connector)
     if seen.state in (ObservedState.ERROR, ObservedState.GONE):
         _fail(session, lab, "The lab machine stopped unexpectedly. Reset the lab to start again.", seen.message)
@@ -110,7 +115,8 @@ def _drive(session: Session, lab: Lab, step: Step, connector: Connector) -> Retr
 def _call_backend(session: Session, lab: Lab, step: Step, connector: Connector) -> None:
     """Issue the state's backend operation once, remembering that it was issued."""
     if step.call == "provision":
-        spec = LabSpec(lab_id=lab.id, image=lab.activity.image.slug, owner=lab.user.subject, params=lab.activity.image.spec)
+        image = lab.activity.image
+        spec = LabSpec(lab.id, image.slug, lab.user.subject, image.spec, course=f"course-{lab.activity.course_id}", protocol=image.protocol)
         lab.handle = connector.provision(spec)
     elif lab.handle is not None:
         getattr(connector, step.call)(lab.handle)

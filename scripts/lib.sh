@@ -88,3 +88,45 @@ warning: no guacd answers at $host:$port, so the lab page cannot show desktops y
   then run ./scripts/demo again (or point LABDESK_GUACD_HOSTS at a guacd elsewhere).
 MSG
 }
+
+# The real OpenStack Heat the Heat connector's tests run against: two standalone engines (two
+# "providers", for failover) from ../shared/tools/heat-standalone, each on a free loopback port with a
+# fresh database, sharing one venv. Exports LABDESK_TEST_HEAT and LABDESK_TEST_HEAT_2; stop_heat ends
+# them by PID. Without the tool the Heat tests skip and say why. A LABDESK_TEST_HEAT already set is used.
+HEAT_TOOL="$(pwd)/../shared/tools/heat-standalone"
+HEAT_RUN_DIR=""
+
+_free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+ensure_heat() {
+  if [ -n "${LABDESK_TEST_HEAT:-}" ]; then echo "using the Heat at $LABDESK_TEST_HEAT"; return 0; fi
+  if [ ! -x "$HEAT_TOOL/start" ]; then echo "note: $HEAT_TOOL is absent, so the real-Heat tests will skip"; return 0; fi
+  local shared="${HEAT_HOME:-$HOME/.cache/labdesk-heat}" n
+  if [ ! -x "$shared/venv/bin/heat-manage" ]; then
+    echo "installing the standalone Heat into $shared/venv (about a minute, once)"
+    HEAT_HOME="$shared" HEAT_PORT="$(_free_port)" "$HEAT_TOOL/start" >/dev/null && HEAT_HOME="$shared" "$HEAT_TOOL/stop" >/dev/null
+  fi
+  HEAT_RUN_DIR=$(mktemp -d /tmp/labdesk-heat.XXXXXX)
+  for n in 1 2; do
+    mkdir -p "$HEAT_RUN_DIR/$n" && ln -s "$shared/venv" "$HEAT_RUN_DIR/$n/venv"
+    HEAT_HOME="$HEAT_RUN_DIR/$n" HEAT_PORT="$(_free_port)" HEAT_FRESH=1 HEAT_STEP_SLEEP=0.1 \
+      "$HEAT_TOOL/start" >"$HEAT_RUN_DIR/$n.out" 2>&1 &
+  done
+  wait
+  for n in 1 2; do
+    if ! tail -n1 "$HEAT_RUN_DIR/$n.out" | grep -q '^http://'; then
+      echo "error: the standalone Heat did not start:" >&2; cat "$HEAT_RUN_DIR/$n.out" >&2; stop_heat; return 1
+    fi
+  done
+  LABDESK_TEST_HEAT=$(tail -n1 "$HEAT_RUN_DIR/1.out"); LABDESK_TEST_HEAT_2=$(tail -n1 "$HEAT_RUN_DIR/2.out")
+  export LABDESK_TEST_HEAT LABDESK_TEST_HEAT_2
+  echo "real Heat engines at $LABDESK_TEST_HEAT and $LABDESK_TEST_HEAT_2"
+}
+
+stop_heat() {
+  [ -n "$HEAT_RUN_DIR" ] || return 0
+  local n
+  for n in 1 2; do HEAT_HOME="$HEAT_RUN_DIR/$n" "$HEAT_TOOL/stop" >/dev/null 2>&1 || true; done
+  rm -rf "$HEAT_RUN_DIR"
+  HEAT_RUN_DIR=""
+}

@@ -24,6 +24,7 @@ class ConnectorContract:
     """Behaviour the broker relies on; subclasses provide the `connector` fixture."""
 
     image: str = "contract"
+    params: dict = {}  # the catalogue entry's spec the backend needs (e.g. a Heat template)
     timeout: float = 60.0
     poll_interval: float = 0.1
 
@@ -33,7 +34,7 @@ class ConnectorContract:
 
     @pytest.fixture
     def spec(self, connector: Connector) -> Iterator[LabSpec]:
-        spec = LabSpec(lab_id=next(_ids), image=self.image, owner="contract-learner")
+        spec = LabSpec(lab_id=next(_ids), image=self.image, owner="contract-learner", params=self.params)
         yield spec
         for managed in connector.list_managed():
             if managed.lab_id == spec.lab_id:
