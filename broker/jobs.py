@@ -44,6 +44,9 @@ STEPS: dict[LabState, Step] = {
 }
 
 
+_STOPPED = "The lab machine stopped unexpectedly. Reset the lab to start again."
+_FAILED = {"provision": "The lab could not be created. Reset the lab to try again; if it fails again, tell your instructor."}
+
 # A job enqueued for a requested lab goes on to drive its provisioning.
 _DRIVES = {state: {state.value} for state in S} | {S.REQUESTED: {S.REQUESTED.value, S.PROVISIONING.value}}
 
@@ -105,7 +108,7 @@ def _drive(session: Session, lab: Lab, step: Step, connector: Connector) -> Retr
             connector.after_resume(lab.handle)
         return _finish(session, lab, step, connector)
     if seen.state in (ObservedState.ERROR, ObservedState.GONE):
-        _fail(session, lab, "The lab machine stopped unexpectedly. Reset the lab to start again.", seen.message)
+        _fail(session, lab, _FAILED.get(step.call, _STOPPED), seen.message)
         return None
     lab.progress, lab.message = seen.progress, seen.message[:500]
     session.commit()

@@ -214,10 +214,10 @@ class HeatConnector(Connector):
         tried = [*handle.get("tried", []), provider.name]
         try:
             moved = self._create_somewhere(request, tried, failures)
-        except (CapacityError, TransientError) as exc:
-            if all(p.name in tried or p.capacity == 0 for p in self.providers):
+        except ConnectorError as exc:
+            if isinstance(exc, PermanentError) or all(p.name in tried or p.capacity == 0 for p in self.providers):
                 return Observation(ObservedState.ERROR, 0, f"Heat could not create the lab: {'; '.join(failures)}")
-            return Observation(ObservedState.PENDING, 0, exc.user_message)
+            return Observation(ObservedState.PENDING, 0, exc.user_message)  # full or unreachable: try again later
         self._delete_stack(provider, stack.id)
         log.warning("lab %s: stack on %s failed (%s); now on %s", request.lab_id, provider.name, reason, moved["provider"])
         return Observation(ObservedState.PENDING, 0, f"Trying another cloud ({moved['provider']})", handle=moved)
