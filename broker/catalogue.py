@@ -85,6 +85,9 @@ class Defaults:
 class HeatBackend:
     template: str
     environment: str | None = None
+    parameters: dict[str, Any] | None = None  # template parameters for this image (a bigger flavor)
+    providers: tuple[str, ...] | None = None  # the backend's providers to use, in order
+    hooks: dict[str, str] | None = None  # event (before_suspend, after_resume, before_delete) -> script
 
 
 @dataclass(frozen=True)
@@ -438,15 +441,49 @@ def _backends(r: _Reader, raw: Any) -> Backends | None:
     return None if None in found.values() else Backends(**found)  # type: ignore[arg-type]
 
 
+HEAT_HOOKS = ("before_suspend", "after_resume", "before_delete")
+
+
 def _heat(r: _Reader, raw: Any) -> HeatBackend | None:
-    table = r.table(raw, "backends.heat", ("template",), ("environment",))
+    table = r.table(raw, "backends.heat", ("template",), ("environment", "parameters", "providers", "hooks"))
     if table is None or "template" not in table:
         return None
     template = r.artefact(table["template"], "backends.heat.template")
     environment = r.artefact(table["environment"], "backends.heat.environment") if "environment" in table else None
-    if template is None or ("environment" in table and environment is None):
+    parameters = _heat_parameters(r, table["parameters"]) if "parameters" in table else None
+    providers = _heat_providers(r, table["providers"]) if "providers" in table else None
+    hooks = _heat_hooks(r, table["hooks"]) if "hooks" in table else None
+    given = [("environment", environment), ("parameters", parameters), ("providers", providers), ("hooks", hooks)]
+    if template is None or any(name in table and value is None for name, value in given):
         return None
-    return HeatBackend(template, environment)
+    return HeatBackend(template, environment, parameters, providers, hooks)
+
+
+def _heat_parameters(r: _Reader, raw: Any) -> dict[str, Any] | None:
+    key = "backends.heat.parameters"
+    if not isinstance(raw, dict):
+        r.problem(key, f"expected a table of template parameters, got {_show(raw)}")
+        return None
+    secret = [name for name in raw if SECRET_WORDS.search(name)]
+    for name in secret:
+        r.problem(f"{key}.{name}", "no passwords or secrets in the catalogue: credentials are injected at boot")
+    return None if secret else dict(raw)
+
+
+def _heat_providers(r: _Reader, raw: Any) -> tuple[str, ...] | None:
+    key = "backends.heat.providers"
+    if not isinstance(raw, list) or not raw or not all(isinstance(name, str) and name for name in raw):
+        r.problem(key, f"expected a non-empty array of provider names, got {_show(raw)}")
+        return None
+    return tuple(raw) if r.unique([(name, f"{key}[{i}]") for i, name in enumerate(raw)], "provider") else None
+
+
+def _heat_hooks(r: _Reader, raw: Any) -> dict[str, str] | None:
+    table = r.table(raw, "backends.heat.hooks", (), HEAT_HOOKS)
+    if table is None or not set(table) <= set(HEAT_HOOKS):
+        return None
+    scripts = {event: r.artefact(path, f"backends.heat.hooks.{event}") for event, path in table.items()}
+    return None if None in scripts.values() else scripts  # type: ignore[return-value]
 
 
 def _libvirt(r: _Reader, raw: Any) -> LibvirtBackend | None:
