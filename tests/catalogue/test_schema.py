@@ -172,6 +172,22 @@ REJECTIONS = {
         ('run = "checks/hello-file.sh"', 'run = "checks/hello-file.sh"\nhost = "router"'),
         ['checks[0].host: unknown host "router" (hosts: main)'],
     ),
+    "a secret among the heat parameters": (
+        ('template = "heat/single-vm.yaml"', 'template = "heat/single-vm.yaml"\nparameters = { flavor = "lab.large", admin_pass = "x" }'),
+        ["backends.heat.parameters.admin_pass: no passwords or secrets in the catalogue: credentials are injected at boot"],
+    ),
+    "heat providers not a list of names": (
+        ('template = "heat/single-vm.yaml"', 'template = "heat/single-vm.yaml"\nproviders = "cloud-a"'),
+        ['backends.heat.providers: expected a non-empty array of provider names, got "cloud-a"'],
+    ),
+    "a heat hook for an unknown event": (
+        ('template = "heat/single-vm.yaml"', 'template = "heat/single-vm.yaml"\nhooks = { after_suspend = "checks/hello-file.sh" }'),
+        ['backends.heat.hooks.after_suspend: unknown key (did you mean "before_suspend"?)'],
+    ),
+    "a heat hook script that is missing": (
+        ('template = "heat/single-vm.yaml"', 'template = "heat/single-vm.yaml"\nhooks = { after_resume = "hooks/clock.sh" }'),
+        ["backends.heat.hooks.after_resume: file not found: desktop-images/hooks/clock.sh"],
+    ),
     "a top-level key after a table": (
         ('run = "checks/hello-file.sh"', 'run = "checks/hello-file.sh"\nmax_score = 10'),
         ["checks[0].max_score: unknown key (allowed: id, title, run, weight, host)"],
