@@ -151,6 +151,12 @@ class HeatConnector(Connector):
                 log.warning("heat backend %s: %s", self.name, exc)
         return False
 
+    def stack_arguments(self, spec: LabSpec) -> dict[str, Any]:
+        """What `provision` would send to the first provider for this lab (template checks, diagnostics)."""
+        request = StackRequest.from_spec(spec)
+        template, environment = self._template(request)
+        return self._create_arguments(request, self._ordered(request)[0], template, environment)
+
     # -- creating, with failover ---------------------------------------------------------------------
     def _create_somewhere(self, request: StackRequest, tried: list[str], failures: list[str]) -> Handle:
         """Create the stack on the first provider in order that is untried, enabled and has room."""

@@ -1,8 +1,7 @@
 """The Heat templates in desktop-images/heat/, checked by the real standalone OpenStack Heat.
 
-One Heat (engine + noauth API, `../shared/tools/heat-standalone/start`) is started for the session on a
-free port with its own HEAT_HOME (its venv is shared with ~/.cache/labdesk-heat) and stopped by PID at
-the end; the tests skip, saying why, when the tool is absent. What is checked, and how:
+The Heat (engine + noauth API from `../shared/tools/heat-standalone`) is the one scripts/test starts
+(LABDESK_TEST_HEAT, tests/support/heat.py); the tests skip, saying why, without it. What is checked:
 
 1. `template validate` (POST /validate) of every template with each environment that deploys it,
    with `ignore_errors=99001`. That code (HEAT-E99001, "Service ... is not available") is raised by
@@ -31,9 +30,7 @@ the end; the tests skip, saying why, when the tool is absent. What is checked, a
 from __future__ import annotations
 
 import copy
-import os
-import shutil
-import subprocess
+import secrets
 import time
 from pathlib import Path
 from typing import Iterator
@@ -41,14 +38,12 @@ from typing import Iterator
 import pytest
 import yaml
 
-from tests.support.http import free_port
+from tests.support.heat import heat_client, heat_endpoints
 
 pytestmark = pytest.mark.heat
 
 ROOT = Path(__file__).resolve().parents[2]
 HEAT_DIR = ROOT / "desktop-images" / "heat"
-TOOL = ROOT.parent / "shared" / "tools" / "heat-standalone"
-SHARED_HOME = Path(os.environ.get("HEAT_HOME") or Path.home() / ".cache" / "labdesk-heat")
 
 # environment file -> the template it deploys
 DEPLOYMENTS = {
@@ -69,6 +64,7 @@ SERVICE_TYPES = [
     "OS::Heat::CloudConfig",
 ]
 SERVICE_UNAVAILABLE = "99001"
+RUN = secrets.token_hex(3)  # stack names of this run: the Heat may outlive one test session
 CONNECTOR_PARAMS = {  # what the Heat connector passes per lab (issue 6)
     "lab_id": "lab-3f9c2a",
     "network": "labdesk-access",
@@ -116,37 +112,11 @@ def test_every_environment_names_only_parameters_of_its_template() -> None:
 # --- the real Heat -----------------------------------------------------------------------------
 
 
-def _run(tool: str, home: Path, port: int | None = None) -> str:
-    env = {**os.environ, "HEAT_HOME": str(home), "HEAT_STEP_SLEEP": "0.1"}
-    if port:
-        env["HEAT_PORT"] = str(port)
-    done = subprocess.run(
-        [str(TOOL / tool)], env=env, capture_output=True, text=True, timeout=280, check=False
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"heat-standalone/{tool} failed ({done.returncode}): {done.stderr[-2000:]}")
-    return done.stdout.strip().splitlines()[-1]
-
-
 @pytest.fixture(scope="session")
-def heat(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    if not (TOOL / "start").exists():
-        pytest.skip(f"the standalone Heat tool is absent ({TOOL}); it provides the real Heat engine")
-    heatclient = pytest.importorskip("heatclient.client", reason="python-heatclient is not installed")
-    if not (SHARED_HOME / "venv" / "bin" / "heat-manage").exists():
-        # First use on this machine: let the tool install its venv in the shared place (~60 s).
-        _run("start", SHARED_HOME, free_port())
-        _run("stop", SHARED_HOME)
-    home = tmp_path_factory.mktemp("heat-home")
-    (home / "venv").symlink_to(SHARED_HOME / "venv", target_is_directory=True)
-    started = time.monotonic()
-    endpoint = _run("start", home, free_port())
-    print(f"heat-standalone started in {time.monotonic() - started:.1f} s at {endpoint}")
-    try:
-        yield heatclient.Client("1", endpoint=endpoint, token="any", timeout=60)
-    finally:
-        _run("stop", home)
-        shutil.rmtree(home / "state", ignore_errors=True)
+def heat() -> object:
+    """A client of the real Heat that scripts/test starts (tests/support/heat.py); skips without one."""
+    [endpoint] = heat_endpoints(1)
+    return heat_client(endpoint)
 
 
 def _validate(heat: object, template: dict, environment: dict | None = None) -> dict:
@@ -310,7 +280,7 @@ def created(heat, stand_ins) -> Iterator[dict[str, object]]:
         env = _env(env_name)
         env["resource_registry"] = {t: f"stand-in/{t.replace('::', '-')}.yaml" for t in SERVICE_TYPES}
         ids[env_name] = heat.stacks.create(
-            stack_name=f"tpl-{env_name}",
+            stack_name=f"tpl-{env_name}-{RUN}",
             template=_without_service_constraints(_load(HEAT_DIR / DEPLOYMENTS[env_name])),
             environment=env,
             files=stand_ins,
@@ -374,3 +344,34 @@ def test_stack_creates_with_stand_ins_and_hosts_follow_the_contract(heat, create
     assert learner["ssh_authorized_keys"] == ([extra["learner_public_key"]] if "learner_public_key" in extra else [])
     grader = next(u for u in users if isinstance(u, dict) and u["name"] == "grader")
     assert grader["ssh_authorized_keys"] == [CONNECTOR_PARAMS["grader_public_key"]]
+
+
+# --- what the connector really sends -------------------------------------------------------------------
+
+HEAT_ENTRIES = sorted(p.stem for p in (ROOT / "desktop-images" / "catalogue").glob("*.toml") if "[backends.heat]" in p.read_text())
+
+
+@pytest.mark.parametrize("entry_id", HEAT_ENTRIES)
+def test_the_connectors_parameters_for_each_shipped_entry_pass_heats_validation(heat, entry_id: str) -> None:
+    """The Heat connector's own create arguments (parameters it generates for a lab, plus the site's
+    network) for each shipped catalogue entry, validated by real Heat against the shipped template."""
+    from broker.catalogue import load
+    from broker.connector import LabSpec
+    from connectors.heat.connector import HeatConnector
+
+    entry = load(ROOT / "desktop-images" / "catalogue" / f"{entry_id}.toml")
+    spec = LabSpec(4242, entry_id, "learner-1", entry.spec(), course="course-7", protocol=entry.protocol)
+    config = {"endpoint": "http://127.0.0.1:1/unused", "token": "x", "credential_seed": "seed", "parameters": {"network": "labdesk-access"}}
+    arguments = HeatConnector("heat", config).stack_arguments(spec)
+
+    result = heat.stacks.validate(
+        template=arguments["template"], environment=arguments["environment"],
+        parameters=arguments["parameters"], ignore_errors=SERVICE_UNAVAILABLE,
+    )
+    assert "Error" not in result, result
+    assert set(arguments["parameters"]) <= set(arguments["template"]["parameters"])
+    assert arguments["parameters"]["lab_id"] == "lab-4242"
+    assert arguments["parameters"]["learner_password_hash"].startswith("$6$")
+    assert result["Parameters"]["learner_password_hash"]["NoEcho"] == "true"
+    ports = {p.protocol: p.port for p in entry.hosts[0].ports}
+    assert yaml.safe_load(arguments["parameters"]["ports"]) == ports
