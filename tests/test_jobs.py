@@ -7,6 +7,7 @@ Runs on PostgreSQL (production's concurrency), plus one smoke test on SQLite (th
 from __future__ import annotations
 
 import dataclasses
+import json
 import threading
 from datetime import timedelta
 from pathlib import Path
@@ -151,6 +152,8 @@ def test_suspend_then_relaunch_resumes_the_same_lab(rt: Runtime, world: World, w
     assert [to for _, to in history(rt, first.id)] == [
         "requested", "provisioning", "running", "suspending", "suspended", "resuming", "running"]
     assert fake_objects(fake_dir) == {f"labdesk-lab-{first.id}"}
+    record = json.loads((fake_dir / f"labdesk-lab-{first.id}.json").read_text())
+    assert record["after_resume"] == 1  # the connector's after-resume step ran once, for the one resume
 
 
 # -- errors ----------------------------------------------------------------------------------------------

@@ -79,6 +79,13 @@ class FakeConnector(Connector):
     def resume(self, handle: Handle) -> None:
         self._transit(handle, "resume", "resuming")
 
+    def after_resume(self, handle: Handle) -> None:
+        """Counts the calls in the record, so tests see that the broker made exactly one per resume."""
+        record = self._load(handle["key"])
+        if record is not None:
+            record["after_resume"] = record.get("after_resume", 0) + 1
+            self._save(handle["key"], record)
+
     def delete(self, handle: Handle) -> None:
         self._call("delete")
         self._remove(handle["key"])
