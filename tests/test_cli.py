@@ -193,13 +193,42 @@ def test_secrets_are_stored_encrypted_and_never_listed(labdesk: Labdesk, rt: Run
     with rt.session() as session:
         backend = session.scalar(select(Backend).where(Backend.name == "cloud"))
         assert b"hunter2" not in backend.secrets and b"t0k" not in backend.secrets
-        assert rt.vault.open(backend.secrets) == {"password": "hunter2-secret", "token": "t0k=en"}
+        opened = rt.vault.open(backend.secrets)
+        assert opened.pop("credential_seed")  # generated: each lab's credentials derive from it
+        assert opened == {"password": "hunter2-secret", "token": "t0k=en"}
         assert rt.connector(backend).config["password"] == "hunter2-secret"  # usable in memory, server-side
 
     listed = labdesk("backends", "list", "--json")
     assert "hunter2" not in listed.output and "t0k" not in listed.output
     assert as_json(listed) == [{"name": "cloud", "kind": "fake", "enabled": True, "queue": "labdesk-backend-cloud",
                                 "config": {"region": "north"}, "has_secrets": True}]
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ('{"providers": [{"name": "a", "endpoint": "http://h/v1/p", "capacity": "5"}]}',
+         "error: heat backend: providers[0] (a): capacity: expected -1 (unlimited), 0 (disabled) or a maximum, got '5'"),
+        ('{"auth_url": "https://keystone/v3", "username": "labdesk"}',
+         "error: heat backend: providers[0] (default): password authentication needs password, project_name"),
+        ('{"endpoint": "http://h/v1/p", "token": "t", "providers": [{"name": "a"}, {"name": "a"}]}',
+         "error: heat backend: providers: names repeat: ['a', 'a']"),
+    ],
+)
+def test_a_heat_backend_with_bad_settings_is_refused_with_the_key_at_fault(labdesk: Labdesk, rt: Runtime, config: str, message: str) -> None:
+    assert one_error_line(labdesk("backends", "add", "cloud", "--kind", "heat", "--config", config)) == message
+    with rt.session() as session:
+        assert session.scalars(select(Backend)).all() == []
+
+
+def test_a_heat_backend_takes_its_password_as_a_secret(labdesk: Labdesk, rt: Runtime) -> None:
+    config = '{"auth_url": "https://keystone/v3", "username": "labdesk", "project_name": "labs", "region": "R1"}'
+    added = labdesk("backends", "add", "cloud", "--kind", "heat", "--config", config, "--secret", "password=s3cret")
+    assert added.exit_code == 0, added.output
+    with rt.session() as session:
+        backend = session.scalar(select(Backend).where(Backend.name == "cloud"))
+        [cloud] = rt.connector(backend).providers
+        assert (cloud.name, cloud.auth_kind, cloud.region, cloud.auth["password"]) == ("default", "password", "R1", "s3cret")
 
 
 def test_backends_check_reports_each_answer_and_fails_if_one_is_down(labdesk: Labdesk, world: World, rt: Runtime) -> None:
