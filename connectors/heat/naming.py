@@ -13,6 +13,7 @@ import re
 
 PREFIX_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9-]{0,31}")
 _UNSAFE = re.compile(r"[^A-Za-z0-9-]+")
+TAG_LENGTH = 80  # Heat stores each tag in an 80-character column (stack_tag.tag)
 
 
 def check_prefix(prefix: str) -> str:
@@ -31,8 +32,12 @@ def lab_tag(prefix: str, lab_id: int) -> str:
 
 
 def course_tag(prefix: str, course: str) -> str:
-    """A tag naming the course/run; characters Heat tags dislike (commas, spaces) become '-'."""
-    return f"{prefix}-course-{_UNSAFE.sub('-', course).strip('-')[:64]}"
+    """A tag naming the course/run; characters Heat tags dislike (commas, spaces) become '-'.
+
+    Cut to fit Heat's 80 characters: a longer tag makes the stack create fail inside Heat's database.
+    """
+    head = f"{prefix}-course-"
+    return head + _UNSAFE.sub("-", course).strip("-")[: TAG_LENGTH - len(head)].rstrip("-")
 
 
 def stack_tags(prefix: str, lab_id: int, course: str = "") -> list[str]:

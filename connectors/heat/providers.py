@@ -42,9 +42,9 @@ class Provider:
 
     @property
     def auth_kind(self) -> str:
-        if self.auth.get("endpoint"):
+        if self.auth.get("endpoint") or self.auth.get("token"):
             return "token"
-        if self.auth.get("application_credential_secret"):
+        if any(key.startswith("application_credential_") for key in self.auth):
             return "application_credential"
         return "password"
 
@@ -108,10 +108,12 @@ def _interface(value: Any, where: str) -> str:
 def _check_auth(provider: Provider, where: str) -> None:
     auth = provider.auth
     if provider.auth_kind == "token":
-        missing = [] if auth.get("token") else ["token"]
+        missing = [key for key in ("endpoint", "token") if not auth.get(key)]
     elif provider.auth_kind == "application_credential":
         missing = [] if auth.get("application_credential_id") or auth.get("application_credential_name") else ["application_credential_id"]
-        missing += [] if auth.get("auth_url") else ["auth_url"]
+        missing += [key for key in ("auth_url", "application_credential_secret") if not auth.get(key)]
+        if auth.get("application_credential_name") and not auth.get("application_credential_id"):
+            missing += [] if auth.get("username") or auth.get("user_id") else ["username"]  # a name is per user
     else:
         missing = [key for key in ("auth_url", "password") if not auth.get(key)]
         missing += [] if auth.get("username") or auth.get("user_id") else ["username"]
@@ -129,14 +131,13 @@ def keystone_session(provider: Provider, timeout: float) -> Any:
     if provider.auth_kind == "token":
         plugin: Any = token_endpoint.Token(auth["endpoint"], auth["token"])
     elif provider.auth_kind == "application_credential":
-        plugin = v3.ApplicationCredential(**_only(auth, (
+        plugin = v3.ApplicationCredential(**_default_domains(_only(auth, (
             "auth_url", "application_credential_id", "application_credential_name",
-            "application_credential_secret", "username", "user_id", "user_domain_name")))
+            "application_credential_secret", "username", "user_id", "user_domain_name"))))
     else:
-        plugin = v3.Password(**_only(auth, (
+        plugin = v3.Password(**_default_domains(_only(auth, (
             "auth_url", "username", "user_id", "password", "project_name", "project_id",
-            "user_domain_name", "project_domain_name")))
-        _default_domains(plugin, auth)
+            "user_domain_name", "project_domain_name"))))
     return session.Session(auth=plugin, timeout=timeout, verify=provider.verify)
 
 
@@ -144,12 +145,17 @@ def _only(auth: Mapping[str, str], keys: tuple[str, ...]) -> dict[str, str]:
     return {key: auth[key] for key in keys if key in auth}
 
 
-def _default_domains(plugin: Any, auth: Mapping[str, str]) -> None:
-    """Keystone v3 needs domains with names; "Default" is what nearly every cloud uses."""
-    if "username" in auth and "user_domain_name" not in auth:
-        plugin.user_domain_name = "Default"
-    if "project_name" in auth and "project_domain_name" not in auth:
-        plugin.project_domain_name = "Default"
+def _default_domains(options: dict[str, str]) -> dict[str, str]:
+    """Keystone v3 needs domains with names; "Default" is what nearly every cloud uses.
+
+    Given to the plugin's constructor: the user's domain belongs to the plugin's auth method, so an
+    attribute set on the plugin afterwards would never reach Keystone.
+    """
+    if "username" in options and "user_domain_name" not in options:
+        options["user_domain_name"] = "Default"
+    if "project_name" in options and "project_domain_name" not in options:
+        options["project_domain_name"] = "Default"
+    return options
 
 
 def heat_client(provider: Provider, timeout: float) -> Any:

@@ -9,6 +9,7 @@ undone, so the lab has nothing to run on; every FAILED is ERROR carrying Heat's 
 
 from __future__ import annotations
 
+import re
 from typing import Iterable
 
 from broker.connector import Observation, ObservedState
@@ -38,14 +39,15 @@ _WAITING = {
     "ADOPT": "Adopting the lab",
 }
 GONE_MESSAGE = "This lab no longer exists on its backend."
+_STATUS = re.compile(r"([A-Z]+)_(IN_PROGRESS|COMPLETE|FAILED)")
 
 
 def split_status(stack_status: str) -> tuple[str, str]:
     """'CREATE_IN_PROGRESS' -> ('CREATE', 'IN_PROGRESS')."""
-    for status in ("IN_PROGRESS", "COMPLETE", "FAILED"):
-        if stack_status.endswith("_" + status):
-            return stack_status[: -len(status) - 1], status
-    raise ValueError(f"not a Heat stack status: {stack_status!r}")
+    found = _STATUS.fullmatch(stack_status)
+    if not found:
+        raise ValueError(f"not a Heat stack status: {stack_status!r}")
+    return found.group(1), found.group(2)
 
 
 def progress(action: str, resource_statuses: Iterable[str]) -> int:
