@@ -116,7 +116,7 @@ class HeatConnector(Connector):
         lab_id = int(handle["lab_id"])
         for provider in self.providers:
             for found in self._stacks_of(provider, naming.lab_tag(self.prefix, lab_id)):
-                if found.stack_status != "DELETE_COMPLETE":
+                if found.stack_status not in LIVE_GONE:  # a delete already under way is left to finish
                     self._delete_stack(provider, found.id)
 
     def endpoints(self, handle: Handle) -> list[DesktopEndpoint]:

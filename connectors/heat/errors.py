@@ -32,9 +32,13 @@ def heat_errors(provider: str, doing: str) -> Iterator[None]:
     except exc.HTTPOverLimit as error:
         raise CapacityError(f"{where}: over limit: {_text(error)}", "No lab machine is free right now.") from None
     except exc.HTTPBadRequest as error:
+        if "maximum stacks" in str(error):  # Heat's max_stacks_per_tenant: the project is full
+            raise CapacityError(f"{where}: {_text(error)}", "No lab machine is free right now.") from None
         raise PermanentError(f"{where}: refused: {_text(error)}", REFUSED) from None
     except exc.HTTPException as error:  # 409 busy, 5xx
         raise TransientError(f"{where}: HTTP {getattr(error, 'code', '?')}: {_text(error)}", BUSY) from None
+    except (ks.EndpointNotFound, ks.CatalogException) as error:  # wrong region or interface
+        raise PermanentError(f"{where}: no Heat endpoint: {_text(error)}", MISCONFIGURED) from None
     except ks.ClientException as error:  # connection refused, timeouts, other Keystone trouble
         raise TransientError(f"{where}: {type(error).__name__}: {_text(error)}", BUSY) from None
 

@@ -20,6 +20,8 @@ def check_prefix(prefix: str) -> str:
     """The prefix itself, or ValueError saying what a prefix may contain."""
     if not PREFIX_PATTERN.fullmatch(prefix):
         raise ValueError(f"name_prefix {prefix!r}: a letter, then up to 31 letters, digits or '-'")
+    if "-lab-" in prefix or "-course-" in prefix:  # it could equal another installation's lab or course tag
+        raise ValueError(f"name_prefix {prefix!r}: must not contain '-lab-' or '-course-'")
     return prefix
 
 

@@ -100,7 +100,7 @@ def _ports(raw: Mapping[str, Any], default_protocol: str, where: str) -> dict[st
 
 def _port(value: Any, where: str) -> int:
     try:
-        port = int(value)
+        port = 0 if isinstance(value, bool) else int(value)
     except (TypeError, ValueError):
         port = 0
     if not 0 < port < 65536:

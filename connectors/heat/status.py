@@ -63,7 +63,7 @@ def observation(stack_status: str, reason: str = "", resource_statuses: Iterable
     """The lab's observed state for a stack in `stack_status`."""
     action, status = split_status(stack_status)
     if status == "FAILED":
-        return Observation(ObservedState.ERROR, 0, f"Heat {action.lower()} failed: {reason}".strip())
+        return Observation(ObservedState.ERROR, 0, f"Heat {action.lower()} failed: {reason}" if reason else f"Heat {action.lower()} failed")
     if status == "IN_PROGRESS":
         message = _WAITING.get(action, f"Heat is busy ({action.lower()})")
         return Observation(ObservedState.PENDING, progress(action, resource_statuses), message)

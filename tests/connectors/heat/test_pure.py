@@ -836,6 +836,8 @@ class TestHeatErrors:
             (lambda: _keystone("ConnectTimeout", "Request to http://10.0.0.9:8004 timed out"), TransientError, "ConnectTimeout: ", BUSY),
             (lambda: _keystone("Unauthorized", "The request you have made requires authentication."), PermanentError, "credentials refused: ", MISCONFIGURED),
             (lambda: _keystone("Forbidden"), PermanentError, "credentials refused: ", MISCONFIGURED),
+            (lambda: _heat("HTTPBadRequest", _heat_body("You have reached the maximum stacks per tenant, 100.")), CapacityError, "", "No lab machine is free right now."),
+            (lambda: _keystone("EndpointNotFound", "internal endpoint for orchestration service in R9 region not found"), PermanentError, "no Heat endpoint: ", MISCONFIGURED),
         ],
     )
     def test_each_failure_becomes_a_broker_error(self, make, kind: type, middle: str, user_message: str) -> None:
@@ -875,3 +877,18 @@ class TestHeatErrors:
         with heat_errors("cloud-a", "reading the stack"):
             value = 1
         assert value == 1
+
+
+def test_a_prefix_that_could_be_another_installations_lab_tag_is_refused() -> None:
+    for prefix in ("labdesk-lab-5", "campus-course-x"):
+        with pytest.raises(ValueError, match="must not contain '-lab-' or '-course-'"):
+            naming.check_prefix(prefix)
+
+
+def test_a_failure_without_a_reason_reads_as_a_sentence() -> None:
+    assert status.observation("SUSPEND_FAILED").message == "Heat suspend failed"
+
+
+def test_a_boolean_port_output_is_refused() -> None:
+    with pytest.raises(outputs.OutputError, match=r"expected a TCP port 1-65535, got True"):
+        outputs.hosts_from_outputs({"public_ip": "192.0.2.1", "port": True}, "ssh")
