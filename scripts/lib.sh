@@ -115,7 +115,10 @@ ensure_heat() {
   wait
   for n in 1 2; do
     if ! tail -n1 "$HEAT_RUN_DIR/$n.out" | grep -q '^http://'; then
-      echo "error: the standalone Heat did not start:" >&2; cat "$HEAT_RUN_DIR/$n.out" >&2; stop_heat; return 1
+      echo "the standalone Heat did not start:" >&2; cat "$HEAT_RUN_DIR/$n.out" >&2; stop_heat
+      # CI must run the real-backend tests; a developer's run goes on, and the Heat tests skip saying why.
+      if [ "${CI:-}" = true ]; then echo "error: CI needs the real Heat" >&2; return 1; fi
+      echo "warning: the real-Heat tests will skip" >&2; return 0
     fi
   done
   LABDESK_TEST_HEAT=$(tail -n1 "$HEAT_RUN_DIR/1.out"); LABDESK_TEST_HEAT_2=$(tail -n1 "$HEAT_RUN_DIR/2.out")
