@@ -351,18 +351,27 @@ def test_stack_creates_with_stand_ins_and_hosts_follow_the_contract(heat, create
 HEAT_ENTRIES = sorted(p.stem for p in (ROOT / "desktop-images" / "catalogue").glob("*.toml") if "[backends.heat]" in p.read_text())
 
 
-@pytest.mark.parametrize("entry_id", HEAT_ENTRIES)
-def test_the_connectors_parameters_for_each_shipped_entry_pass_heats_validation(heat, entry_id: str) -> None:
-    """The Heat connector's own create arguments (parameters it generates for a lab, plus the site's
-    network) for each shipped catalogue entry, validated by real Heat against the shipped template."""
+SEED = "template-test-seed"
+
+
+def _connector_and_spec(entry_id: str) -> tuple[object, object, object]:
     from broker.catalogue import load
     from broker.connector import LabSpec
     from connectors.heat.connector import HeatConnector
 
     entry = load(ROOT / "desktop-images" / "catalogue" / f"{entry_id}.toml")
     spec = LabSpec(4242, entry_id, "learner-1", entry.spec(), course="course-7", protocol=entry.protocol)
-    config = {"endpoint": "http://127.0.0.1:1/unused", "token": "x", "credential_seed": "seed", "parameters": {"network": "labdesk-access"}}
-    arguments = HeatConnector("heat", config).stack_arguments(spec)
+    [endpoint] = heat_endpoints(1)
+    config = {"endpoint": endpoint, "token": "x", "credential_seed": SEED, "parameters": {"network": "labdesk-access"}}
+    return HeatConnector("heat", config), spec, entry
+
+
+@pytest.mark.parametrize("entry_id", HEAT_ENTRIES)
+def test_the_connectors_parameters_for_each_shipped_entry_pass_heats_validation(heat, entry_id: str) -> None:
+    """The Heat connector's own create arguments (parameters it generates for a lab, plus the site's
+    network) for each shipped catalogue entry, validated by real Heat against the shipped template."""
+    connector, spec, entry = _connector_and_spec(entry_id)
+    arguments = connector.stack_arguments(spec)
 
     result = heat.stacks.validate(
         template=arguments["template"], environment=arguments["environment"],
@@ -375,3 +384,31 @@ def test_the_connectors_parameters_for_each_shipped_entry_pass_heats_validation(
     assert result["Parameters"]["learner_password_hash"]["NoEcho"] == "true"
     ports = {p.protocol: p.port for p in entry.hosts[0].ports}
     assert yaml.safe_load(arguments["parameters"]["ports"]) == ports
+
+
+@pytest.mark.parametrize("entry_id", HEAT_ENTRIES)
+def test_the_connector_reads_each_shipped_deployments_endpoints(heat, stand_ins, entry_id: str) -> None:
+    """Created for real (service types as stand-ins) with exactly the connector's arguments, the shipped
+    template's `hosts` output becomes the endpoints guacd would get: every host of the catalogue entry,
+    on the entry's protocol and port, as `learner`, with the password the connector derived for the lab."""
+    from connectors.credentials import derive
+    from connectors.heat.request import StackRequest
+
+    connector, spec, entry = _connector_and_spec(entry_id)
+    arguments = connector.stack_arguments(spec)
+    arguments["stack_name"] += f"-{entry_id}-{RUN}"
+    arguments["template"] = _without_service_constraints(arguments["template"])
+    arguments["environment"] = {**arguments["environment"], "resource_registry": {t: f"stand-in/{t.replace('::', '-')}.yaml" for t in SERVICE_TYPES}}
+    stack_id = heat.stacks.create(files=stand_ins, **arguments)["stack"]["id"]
+    assert _wait(heat, stack_id, "CREATE").stack_status == "CREATE_COMPLETE"
+    handle = {"lab_id": 4242, "provider": "default", "stack_id": stack_id, "request": StackRequest.from_spec(spec).to_json()}
+
+    found = connector.endpoints(handle)
+
+    creds = derive(SEED, 4242)
+    password = creds.vnc_password if entry.protocol == "vnc" else creds.password
+    port = {p.protocol: p.port for p in entry.hosts[0].ports}[entry.protocol]
+    assert [(e.name, e.protocol, e.host, e.port, e.password) for e in found] == [
+        (h.name, entry.protocol, "192.0.2.10", port, password) for h in entry.hosts
+    ]
+    assert {e.username for e in found} == {"learner"}
