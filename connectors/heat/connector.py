@@ -34,7 +34,7 @@ from connectors.heat import naming, outputs, status
 from connectors.heat.errors import StackNotFound, heat_errors
 from connectors.heat.hooks import HookSettings, merged_hooks, run_hook
 from connectors.heat.parameters import generated_values, stack_parameters
-from connectors.heat.providers import Provider, heat_client, parse_providers
+from connectors.heat.providers import UNLIMITED, Provider, heat_client, parse_providers
 from connectors.heat.request import StackRequest
 
 log = logging.getLogger(__name__)
@@ -167,7 +167,7 @@ class HeatConnector(Connector):
             if provider.name in tried or provider.capacity == 0:
                 continue
             try:
-                if not provider.has_room(self._count(provider)):
+                if provider.capacity != UNLIMITED and not provider.has_room(self._count(provider)):
                     full.append(provider.name)
                     continue
                 stack_id = self._create(provider, self._create_arguments(request, provider, template, environment))

@@ -5,6 +5,9 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Iterator
 
+from heatclient import exc
+from keystoneauth1 import exceptions as ks
+
 from broker.errors import CapacityError, PermanentError, TransientError
 
 REFUSED = "The cloud refused to create this lab. Please tell your instructor."
@@ -19,9 +22,6 @@ class StackNotFound(Exception):
 @contextmanager
 def heat_errors(provider: str, doing: str) -> Iterator[None]:
     """Run a Heat call; raise StackNotFound or the broker error its failure means."""
-    from heatclient import exc
-    from keystoneauth1 import exceptions as ks
-
     where = f"heat provider {provider}: {doing}"
     try:
         yield

@@ -16,6 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from heatclient.v1 import client as heat_v1  # the v1 API directly: imported once, before workers fork
+from keystoneauth1 import session, token_endpoint
+from keystoneauth1.identity import v3
+
 from broker.errors import ConfigError
 
 AUTH_KEYS = (
@@ -124,9 +128,6 @@ def _check_auth(provider: Provider, where: str) -> None:
 
 def keystone_session(provider: Provider, timeout: float) -> Any:
     """A keystoneauth1 session for the provider; each request made through it times out after `timeout` s."""
-    from keystoneauth1 import session, token_endpoint
-    from keystoneauth1.identity import v3
-
     auth = provider.auth
     if provider.auth_kind == "token":
         plugin: Any = token_endpoint.Token(auth["endpoint"], auth["token"])
@@ -160,11 +161,9 @@ def _default_domains(options: dict[str, str]) -> dict[str, str]:
 
 def heat_client(provider: Provider, timeout: float) -> Any:
     """A python-heatclient v1 client on the provider's session (region and interface as configured)."""
-    from heatclient import client
-
     options: dict[str, Any] = {"interface": provider.interface}
     if provider.region:
         options["region_name"] = provider.region
     if provider.auth_kind == "token":
         options["endpoint_override"] = provider.auth["endpoint"]
-    return client.Client("1", session=keystone_session(provider, timeout), **options)
+    return heat_v1.Client(session=keystone_session(provider, timeout), **options)
