@@ -34,6 +34,7 @@ from urllib.parse import urljoin
 
 import requests
 
+from tests.support.processes import stop_process
 from tests.support.openedx_platform_server import PlatformConfig  # the one description of the tool, both sides
 
 SERVER_SCRIPT = Path(__file__).with_name("openedx_platform_server.py")
@@ -174,13 +175,7 @@ class OpenEdxPlatform:
         """Stop our own process by its PID; kill it if it ignores SIGTERM."""
         process, self._process = self._process, None
         if process is not None:
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait(timeout=10)
+            stop_process(process)
             if process.stdout is not None:
                 process.stdout.close()
         if self._log is not None:

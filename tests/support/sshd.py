@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from tests.support.http import free_port
+from tests.support.processes import stop_process
 
 SSHD = "/usr/sbin/sshd"
 TOOLS = ("useradd", "usermod", "userdel", "ps")
@@ -129,7 +130,7 @@ class Sshd:
         for name in self.users:
             end_user_processes(name)
         if self._process is not None:
-            _terminate(self._process)
+            stop_process(self._process)
             self._process = None
         for name in self.users:
             subprocess.run(["userdel", "--remove", name], capture_output=True)
@@ -199,13 +200,3 @@ def user_pids(name: str) -> list[int]:
     result = subprocess.run(["ps", "-u", name, "-o", "pid=,stat="], capture_output=True, text=True)
     rows = (line.split() for line in result.stdout.splitlines())
     return [int(row[0]) for row in rows if len(row) == 2 and not row[1].startswith("Z")]
-
-
-def _terminate(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
