@@ -368,7 +368,7 @@ class HeatConnector(Connector):
             return
         try:
             hosts = outputs.hosts_from_outputs(self._outputs(handle), request.protocol)
-        except (ConnectorError, outputs.OutputError) as exc:
+        except (ConnectorError, StackNotFound, outputs.OutputError) as exc:
             log.warning("lab %s: %s hook skipped, no hosts: %s", request.lab_id, event, exc)
             return
         lab = naming.stack_name(self.prefix, request.lab_id)
