@@ -79,6 +79,23 @@ class DesktopEndpoint:
 
 
 @dataclass(frozen=True)
+class CheckTarget:
+    """Where grading checks run on one machine of a lab, and as whom. Holds a key: never sent to a browser.
+
+    `runner` names the grading hook (`labdesk.grading_hooks` entry point) that can reach it: "ssh" (a
+    grader account the image provides, never the learner's), "guest_agent", "local" (the LabDesk host).
+    """
+
+    host: str  # the machine's name in the lab ("main", "router", ...)
+    runner: str
+    address: str = ""
+    port: int = 22
+    user: str = "grader"
+    private_key: str | None = None
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class ManagedObject:
     """An object a backend holds for LabDesk, as found by `list_managed` (for orphan sweeps)."""
 
@@ -127,6 +144,12 @@ class Connector(abc.ABC):
     @abc.abstractmethod
     def list_managed(self) -> list[ManagedObject]:
         """Every object this backend holds for LabDesk, for the reconciler."""
+
+    def check_targets(self, handle: Handle) -> list[CheckTarget]:
+        """Where grading checks can run on a READY lab, one per machine; raises Unsupported if nowhere."""
+        from broker.errors import Unsupported
+
+        raise Unsupported(f"{type(self).__name__} cannot run checks", "This lab cannot be checked automatically.")
 
     def after_resume(self, handle: Handle) -> None:
         """Called once a resumed lab is READY again, before learners reconnect (clock fixes and the like)."""
