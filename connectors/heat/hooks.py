@@ -21,7 +21,7 @@ from typing import Any, Mapping
 
 from broker.errors import ConfigError, ConnectorError
 from connectors.heat.outputs import HeatHost
-from connectors.ssh import SshTarget, run_script
+from broker.remote import SshTarget, run_script
 
 log = logging.getLogger(__name__)
 EVENTS = ("before_suspend", "after_resume", "before_delete")

@@ -1,4 +1,4 @@
-"""connectors.ssh.run_script against a real sshd on loopback (tests/support/sshd.py).
+"""broker.remote.run_script against a real sshd on loopback (tests/support/sshd.py).
 
 Each test gets a throwaway lab user who may log in with a freshly generated key. The "lab" is this
 machine, so a test can look at what the script left behind: its PID in /proc, its copy in /tmp.
@@ -17,7 +17,7 @@ from typing import Iterator
 import pytest
 
 from broker.errors import PermanentError, TransientError
-from connectors.ssh import EXIT_LINGER, KILL_GRACE, SshTarget, run_script
+from broker.remote import EXIT_LINGER, KILL_GRACE, SshTarget, run_script
 from tests.support.http import free_port
 from tests.support.sshd import Sshd, generate_key_pair, user_pids
 from tests.support.waiting import wait_until

@@ -1,5 +1,8 @@
-"""Run a script on a lab's machine over SSH: hook scripts (before suspend, after resume, before delete)
-and, later, grading check scripts.
+"""Run a script on a lab's machine over SSH: connectors' hook scripts (before suspend, after resume,
+before delete) and grading hooks' check scripts (grading_hooks.ssh).
+
+A leaf of the broker package so that both connectors and grading hooks may import it (.importlinter);
+no other broker module imports it, so the broker core stays free of paramiko.
 
 `run_script` sends the script's text on the command's stdin, and one remote command copies it to a
 fresh `mktemp` file, runs it, and removes it again:
