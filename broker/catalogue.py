@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
+from broker.checks import BUILTINS, DEFAULT_TIMEOUT, MAX_TIMEOUT, builtin_script
 from broker.errors import LabDeskError
 
 PROTOCOLS = ("vnc", "rdp", "ssh", "telnet")
@@ -38,6 +39,7 @@ USER_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}\Z")
 GPU_MODEL = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}\Z")
 POOL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}\Z")
 BOX = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*\Z")
+CHECK_ARG = re.compile(r"[A-Za-z0-9_.,:=@/+-]+\Z")
 SECRET_WORDS = re.compile(r"pass|secret|token|private", re.IGNORECASE)
 
 
@@ -124,9 +126,17 @@ class Backends:
 class Check:
     id: str
     title: str
-    run: str
+    run: str | None = None  # a script under the catalogue root; or `builtin`, never both
     weight: float = 1
     host: str = ""  # the host it runs on; normalized to the first host when left out
+    hint: str | None = None  # shown to the learner when the check fails
+    timeout: int = DEFAULT_TIMEOUT  # seconds
+    args: tuple[str, ...] = ()  # the script's arguments; normalized to (lab_user.name,) when left out
+    builtin: str | None = None  # a built-in check type (broker.checks.BUILTINS) ...
+    path: str | None = None  # ... and what it takes
+    pattern: str | None = None
+    command: str | None = None
+    script: str = ""  # the script's text, embedded at load: the version carries its exact checks
 
 
 @dataclass(frozen=True)
@@ -340,8 +350,8 @@ def _entry(r: _Reader, raw: dict[str, Any], file_stem: str) -> Entry | None:
         "checks": read("checks", _checks),
         "max_score": read("max_score", lambda r, v: r.positive(v, "max_score")),
     }
-    if values["hosts"] and optional["checks"]:
-        optional["checks"] = _check_hosts(r, optional["checks"], values["hosts"])
+    if optional["checks"]:
+        optional["checks"] = _finish_checks(r, optional["checks"], values["hosts"], values["lab_user"])
     if r.problems or any(v is None for v in values.values()):
         return None
     return Entry(**values, **{k: v for k, v in optional.items() if v is not None})
@@ -524,24 +534,109 @@ def _checks(r: _Reader, raw: Any) -> tuple[Check, ...] | None:
     return checks if r.unique([(c.id, f"checks[{i}].id") for i, c in enumerate(checks)], "check id") else None
 
 
+CHECK_OPTIONAL = ("weight", "host", "hint", "timeout", "args", "run", "builtin", "path", "pattern", "command")
+BUILTIN_KEYS = ("path", "pattern", "command")
+SCRIPT_LIMIT = 64 * 1024  # bytes of an embedded check script
+
+
 def _check(r: _Reader, raw: Any, key: str) -> Check | None:
-    table = r.table(raw, key, ("id", "title", "run"), ("weight", "host"))
-    if table is None or any(name not in table for name in ("id", "title", "run")):
+    table = r.table(raw, key, ("id", "title"), CHECK_OPTIONAL)
+    if table is None or any(name not in table for name in ("id", "title")):
         return None
     check_id = r.text(table["id"], f"{key}.id", SLUG, "a slug of a-z, 0-9 and '-'")
     title = r.text(table["title"], f"{key}.title", what="a title")
-    run = r.artefact(table["run"], f"{key}.run")
+    kind = _check_kind(r, table, key)
     weight = r.positive(table["weight"], f"{key}.weight") if "weight" in table else 1.0
     host = r.text(table["host"], f"{key}.host", HOST_NAME, "a host name") if "host" in table else ""
-    if not (check_id and title and run and weight) or host is None:
+    hint = r.text(table["hint"], f"{key}.hint", what="a hint") if "hint" in table else ""
+    timeout = r.whole(table["timeout"], f"{key}.timeout", 1, MAX_TIMEOUT, "seconds") if "timeout" in table else DEFAULT_TIMEOUT
+    args = _check_args(r, table["args"], f"{key}.args") if "args" in table else ()
+    if not (check_id and title and kind and weight and timeout) or host is None or hint is None or args is None:
         return None
-    return Check(check_id, title, run, weight, host)
+    return Check(check_id, title, weight=weight, host=host, hint=hint or None, timeout=timeout, args=args, **kind)
 
 
-def _check_hosts(r: _Reader, checks: tuple[Check, ...], hosts: tuple[Host, ...]) -> tuple[Check, ...] | None:
-    """Each check's host must be one of the entry's; a check without one runs on the first host."""
-    names = [host.name for host in hosts]
-    for i, check in enumerate(checks):
-        if check.host and check.host not in names:
-            r.problem(f"checks[{i}].host", f"unknown host \"{check.host}\" (hosts: {', '.join(names)})")
-    return tuple(replace(check, host=check.host or names[0]) for check in checks)
+def _check_kind(r: _Reader, table: dict[str, Any], key: str) -> dict[str, str] | None:
+    """Exactly one of `run` (a script file, read into `script`) and `builtin` (with the keys its type
+    takes; the script is generated once the lab user is known, in `_finish_checks`)."""
+    if "run" in table and "builtin" in table:
+        r.problem(f"{key}.builtin", 'cannot be given together with "run" (a check is a script or a built-in, not both)')
+        return None
+    if "run" not in table and "builtin" not in table:
+        r.problem(f"{key}.run", 'required key is missing (or "builtin" for a built-in check)')
+        return None
+    if "run" in table:
+        for name in BUILTIN_KEYS:
+            if name in table:
+                r.problem(f"{key}.{name}", f'only for a built-in check (builtin = {" | ".join(map(_show, BUILTINS))})')
+        run = r.artefact(table["run"], f"{key}.run")
+        script = _script_text(r, run, f"{key}.run") if run else None
+        if script is None or any(name in table for name in BUILTIN_KEYS):
+            return None
+        return {"run": run, "script": script}  # type: ignore[dict-item]
+    builtin = r.choice(table["builtin"], f"{key}.builtin", tuple(BUILTINS), "built-in check")
+    if builtin is None:
+        return None
+    takes = BUILTINS[builtin]
+    values: dict[str, str] = {"builtin": builtin}
+    for name in BUILTIN_KEYS:
+        if name in takes and name not in table:
+            r.problem(f"{key}.{name}", f"required by builtin {_show(builtin)}")
+        elif name not in takes and name in table:
+            r.problem(f"{key}.{name}", f"not used by builtin {_show(builtin)} (it takes: {', '.join(takes)})")
+        elif name in table:
+            value = r.text(table[name], f"{key}.{name}", what=f"a {name}")
+            if value is not None and name != "command" and ("\n" in value or "\0" in value):
+                r.problem(f"{key}.{name}", f"expected a {name} on one line, got {_show(value)}")
+                value = None
+            if value is not None:
+                values[name] = table[name] if name == "pattern" else value  # a pattern's spaces count
+    return values if len(values) == 1 + len(takes) and set(values) - {"builtin"} <= set(takes) else None
+
+
+def _script_text(r: _Reader, path: str, key: str) -> str | None:
+    """The text of a check script, embedded in the spec (a changed script makes a new version)."""
+    data = (r.root / path).read_bytes()
+    if len(data) > SCRIPT_LIMIT:
+        r.problem(key, f"expected a script of at most {SCRIPT_LIMIT} bytes, got {len(data)} bytes")
+        return None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        r.problem(key, f"expected a script in UTF-8 text: {shown(r.root / path)}")
+        return None
+
+
+def _check_args(r: _Reader, raw: Any, key: str) -> tuple[str, ...] | None:
+    """Words the grader's `grader-run` accepts (it refuses anything else, as a shell would misread it)."""
+    if not isinstance(raw, list) or not all(isinstance(arg, str) for arg in raw):
+        r.problem(key, f"expected an array of strings, got {_show(raw)}")
+        return None
+    for i, arg in enumerate(raw):
+        if not CHECK_ARG.match(arg):
+            r.problem(f"{key}[{i}]", f"expected a word of A-Z, a-z, 0-9 and _.,:=@/+-, got {_show(arg)}")
+            return None
+    return tuple(raw)
+
+
+def _finish_checks(r: _Reader, checks: tuple[Check, ...], hosts: tuple[Host, ...] | None, lab_user: LabUser | None) -> tuple[Check, ...]:
+    """Each check's host must be one of the entry's; a check without one runs on the first host. Once the
+    lab user is known: `args` default to its name, and built-in checks get their generated script."""
+    if hosts:
+        names = [host.name for host in hosts]
+        for i, check in enumerate(checks):
+            if check.host and check.host not in names:
+                r.problem(f"checks[{i}].host", f"unknown host \"{check.host}\" (hosts: {', '.join(names)})")
+        checks = tuple(replace(check, host=check.host or names[0]) for check in checks)
+    if lab_user is None:
+        return checks
+    return tuple(
+        replace(
+            check,
+            args=check.args or (lab_user.name,),
+            script=check.script or builtin_script(
+                check.builtin or "", lab_user.name, path=check.path or "", pattern=check.pattern or "", command=check.command or ""
+            ),
+        )
+        for check in checks
+    )

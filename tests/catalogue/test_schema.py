@@ -94,7 +94,8 @@ def test_the_normalized_spec_is_json_with_defaults_filled_in(root: Path) -> None
     assert json.loads(json.dumps(spec)) == spec
     assert spec["backends"]["heat"] == {"template": "heat/single-vm.yaml", "environment": "heat/env/lab.yaml"}
     assert spec["checks"] == [{"id": "hello-file", "title": "Create ~/hello.txt", "run": "checks/hello-file.sh",
-                               "weight": 2, "host": "main"}]
+                               "weight": 2, "host": "main", "timeout": 30, "args": ["learner"],
+                               "script": "# test artefact\n"}]  # the script's text is embedded
     assert spec["max_score"] == 2  # the sum of the weights when not stated
     assert spec["defaults"] == {"idle_suspend_after": 900, "reap_after_days": 14}
     assert spec["hosts"] == [{"name": "main", "ports": [{"protocol": "rdp", "port": 3389}, {"protocol": "ssh", "port": 22}]}]
@@ -124,6 +125,63 @@ command = "xterm"
     spec = load(write_entry(root, "lab", minimal)).spec()
     assert "max_score" not in spec and "checks" in spec and spec["checks"] == [] and spec["defaults"] == {}
     assert spec["backends"] == {"local": {"command": "xterm"}}
+
+
+BUILTIN_CHECKS = '''
+[[checks]]
+id = "notes"
+title = "Write ~/notes.txt"
+builtin = "file-exists"
+path = "~/notes.txt"
+hint = "Save the file in your home folder."
+timeout = 10
+
+[[checks]]
+id = "motd"
+title = "Greet in /etc/motd"
+builtin = "file-contains"
+path = "/etc/motd"
+pattern = "^Welcome "
+
+[[checks]]
+id = "nginx"
+title = "nginx answers"
+builtin = "command-succeeds"
+command = "curl -fsS http://localhost/ >/dev/null"
+args = ["learner", "--verbose"]
+'''
+
+
+def test_built_in_checks_carry_a_generated_script(root: Path) -> None:
+    spec = load(write_entry(root, "lab", ENTRY + BUILTIN_CHECKS)).spec()
+    script_check, notes, motd, nginx = spec["checks"]
+    assert "builtin" not in script_check and script_check["run"] == "checks/hello-file.sh"
+    assert {k: v for k, v in notes.items() if k != "script"} == {
+        "id": "notes", "title": "Write ~/notes.txt", "weight": 1, "host": "main", "hint": "Save the file in your home folder.",
+        "timeout": 10, "args": ["learner"], "builtin": "file-exists", "path": "~/notes.txt",
+    }
+    assert "run" not in notes and notes["script"].startswith("#!/bin/sh\n")
+    assert (motd["pattern"], motd["timeout"]) == ("^Welcome ", 30)
+    assert nginx["args"] == ["learner", "--verbose"] and "curl -fsS" in nginx["script"]
+    assert spec["max_score"] == 5  # 2 + 1 + 1 + 1
+
+
+def test_a_changed_check_script_makes_a_new_version(root: Path) -> None:
+    """The script's text is part of the normalized entry: editing the file changes the digest."""
+    path = write_entry(root, "lab")
+    first = load(path).digest()
+    assert load(path).digest() == first
+    (root / "checks" / "hello-file.sh").write_text("#!/bin/sh\ntest -s ~/hello.txt\n")
+    changed = load(path)
+    assert changed.digest() != first and changed.checks[0].script == "#!/bin/sh\ntest -s ~/hello.txt\n"
+
+
+def test_a_check_script_must_be_small_utf8_text(root: Path) -> None:
+    path = write_entry(root, "lab")
+    (root / "checks" / "hello-file.sh").write_bytes(b"#!/bin/sh\necho \xff\n")
+    assert problems_of(path) == [f"{FILE}: checks[0].run: expected a script in UTF-8 text: desktop-images/checks/hello-file.sh"]
+    (root / "checks" / "hello-file.sh").write_text("#" * 70_000)
+    assert problems_of(path) == [f"{FILE}: checks[0].run: expected a script of at most 65536 bytes, got 70000 bytes"]
 
 
 # -- rejections, with the exact message ------------------------------------------------------------------
@@ -190,7 +248,56 @@ REJECTIONS = {
     ),
     "a top-level key after a table": (
         ('run = "checks/hello-file.sh"', 'run = "checks/hello-file.sh"\nmax_score = 10'),
-        ["checks[0].max_score: unknown key (allowed: id, title, run, weight, host)"],
+        ["checks[0].max_score: unknown key (allowed: id, title, weight, host, hint, timeout, args, run, builtin, path, pattern, command)"],
+    ),
+    # [[checks]]: a script (`run`) or a built-in (`builtin` with what its type takes), never both or neither
+    "a check with neither run nor builtin": (
+        ('run = "checks/hello-file.sh"', 'hint = "Look again."'),
+        ['checks[0].run: required key is missing (or "builtin" for a built-in check)'],
+    ),
+    "a check with both run and builtin": (
+        ('run = "checks/hello-file.sh"', 'run = "checks/hello-file.sh"\nbuiltin = "file-exists"'),
+        ['checks[0].builtin: cannot be given together with "run" (a check is a script or a built-in, not both)'],
+    ),
+    "an unknown built-in check": (
+        ('run = "checks/hello-file.sh"', 'builtin = "file-missing"\npath = "~/hello.txt"'),
+        ['checks[0].builtin: unknown built-in check "file-missing" (expected one of: file-exists, file-contains, command-succeeds)'],
+    ),
+    "a built-in check without what its type takes": (
+        ('run = "checks/hello-file.sh"', 'builtin = "file-contains"\npath = "~/hello.txt"'),
+        ['checks[0].pattern: required by builtin "file-contains"'],
+    ),
+    "a key the built-in check does not use": (
+        ('run = "checks/hello-file.sh"', 'builtin = "file-exists"\npath = "~/hello.txt"\ncommand = "true"'),
+        ['checks[0].command: not used by builtin "file-exists" (it takes: path)'],
+    ),
+    "a built-in key on a script check": (
+        ('run = "checks/hello-file.sh"', 'run = "checks/hello-file.sh"\npath = "~/hello.txt"'),
+        ['checks[0].path: only for a built-in check (builtin = "file-exists" | "file-contains" | "command-succeeds")'],
+    ),
+    "a path on two lines": (
+        ('run = "checks/hello-file.sh"', 'builtin = "file-exists"\npath = "~/a\\nb"'),
+        ['checks[0].path: expected a path on one line, got "~/a\\nb"'],
+    ),
+    "an empty command": (
+        ('run = "checks/hello-file.sh"', 'builtin = "command-succeeds"\ncommand = "  "'),
+        ["checks[0].command: expected a command, got an empty string"],
+    ),
+    "a check timeout out of range": (
+        ('run = "checks/hello-file.sh"', 'run = "checks/hello-file.sh"\ntimeout = 601'),
+        ["checks[0].timeout: expected seconds 1-600, got 601"],
+    ),
+    "check args that are not strings": (
+        ('run = "checks/hello-file.sh"', 'run = "checks/hello-file.sh"\nargs = ["learner", 2]'),
+        ["checks[0].args: expected an array of strings, got an array"],
+    ),
+    "a check argument the grader would refuse": (
+        ('run = "checks/hello-file.sh"', 'run = "checks/hello-file.sh"\nargs = ["learner", "$(id)"]'),
+        ['checks[0].args[1]: expected a word of A-Z, a-z, 0-9 and _.,:=@/+-, got "$(id)"'],
+    ),
+    "an empty hint": (
+        ('run = "checks/hello-file.sh"', 'run = "checks/hello-file.sh"\nhint = " "'),
+        ["checks[0].hint: expected a hint, got an empty string"],
     ),
 }
 
