@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -124,6 +125,13 @@ class Activity(Base):
     idle_suspend_after: Mapped[int] = mapped_column(default=120)
     keepalive_interval: Mapped[int] = mapped_column(default=30)
     reap_after_days: Mapped[int] = mapped_column(default=14)
+    # Grading (broker.attempts): which attempt's score the gradebook gets ("latest", "best",
+    # "first_passing"), when checks run by themselves ("none", "on_suspend", "at_deadline"), the
+    # deadline, and exam mode (learners see no results before `hide_results_until`).
+    grading_policy: Mapped[str] = mapped_column(String(16), default="latest", server_default="latest")
+    auto_check: Mapped[str] = mapped_column(String(16), default="none", server_default="none")
+    due_at: Mapped[datetime | None] = mapped_column()
+    hide_results_until: Mapped[datetime | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     course: Mapped[Course] = relationship()
@@ -231,3 +239,45 @@ class ScoreOutbox(Base):
     last_error: Mapped[str] = mapped_column(String(500), default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column()
+
+
+# Attempts still under way: at most one per lab (a partial unique index, like live labs).
+ACTIVE_ATTEMPT_STATES = ("queued", "running")
+_ACTIVE_ATTEMPT = text("state IN ('queued', 'running')")
+
+
+class CheckAttempt(Base):
+    """One run of an activity's checks on a learner's lab, with each check's result (broker.attempts).
+
+    `results` holds one dict per check, in order: id, title, host, weight, state ("pending", "running",
+    "passed", "failed", "error"), feedback, hint, timed_out, truncated, seconds. It is committed after
+    every check, so the lab page shows progress. `error` is a message safe to show when the whole
+    attempt could not run.
+    """
+
+    __tablename__ = "check_attempts"
+    __table_args__ = (
+        Index("ix_check_attempts_activity_user_created", "activity_id", "user_id", "created_at"),
+        Index("ix_check_attempts_lab_id_created_at", "lab_id", "created_at"),
+        Index("uq_check_attempts_active", "lab_id", unique=True, postgresql_where=_ACTIVE_ATTEMPT, sqlite_where=_ACTIVE_ATTEMPT),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    lab_id: Mapped[int] = mapped_column(ForeignKey("labs.id"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    activity_id: Mapped[int] = mapped_column(ForeignKey("activities.id"))
+    trigger: Mapped[str] = mapped_column(String(16), default="learner")  # learner, suspend, deadline, instructor
+    state: Mapped[str] = mapped_column(String(16), default="queued")  # queued, running, done, error
+    # The rq job that runs it ("check-<id>", or the suspend job for an automatic check on suspend), so an
+    # attempt whose job died can be told from one still waiting.
+    job_id: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column()
+    score_given: Mapped[float | None] = mapped_column(Float)
+    score_maximum: Mapped[float | None] = mapped_column(Float)
+    results: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    error: Mapped[str] = mapped_column(String(500), default="")
+
+    lab: Mapped[Lab] = relationship()
+    user: Mapped[User] = relationship()
+    activity: Mapped[Activity] = relationship()

@@ -61,3 +61,23 @@ def test_downgrade_to_base_then_upgrade_again(empty_db: Settings) -> None:
 
     assert tables(empty_db) == set(Base.metadata.tables)
     migrate.check(empty_db)
+
+
+def test_activities_made_before_grading_get_its_defaults(empty_db: Settings) -> None:
+    """0005 adds the grading columns to existing activities: policy "latest", no automatic check."""
+    migrate.upgrade(empty_db, "0004")
+    with engine_for(empty_db.sqlalchemy_url).begin() as connection:
+        connection.execute(text("INSERT INTO backends (id, name, kind, config, enabled, created_at) VALUES (1, 'b', 'fake', '{}', true, '2026-01-01')"))
+        connection.execute(text("INSERT INTO images (id, slug, version, title, description, protocol, spec, created_at) VALUES (1, 'i', 1, 'I', '', 'vnc', '{}', '2026-01-01')"))
+        connection.execute(text("INSERT INTO courses (id, issuer, context_id, title, created_at) VALUES (1, 'x', 'c', 'C', '2026-01-01')"))
+        connection.execute(text(
+            "INSERT INTO activities (id, course_id, resource_link_id, title, image_id, backend_id, idle_suspend_after,"
+            " keepalive_interval, reap_after_days, created_at) VALUES (1, 1, 'l', 'A', 1, 1, 120, 30, 14, '2026-01-01')"
+        ))
+    migrate.upgrade(empty_db)
+
+    engine = engine_for(empty_db.sqlalchemy_url)
+    engine.dispose()
+    with engine.connect() as connection:
+        row = connection.execute(text("SELECT grading_policy, auto_check, due_at, hide_results_until FROM activities")).one()
+    assert tuple(row) == ("latest", "none", None, None)
