@@ -114,6 +114,7 @@ def _script(item: Mapping[str, Any], user: str) -> str:
 _PREAMBLE = """#!/bin/sh
 # LabDesk built-in check "{kind}", generated from the catalogue entry.
 # Runs as the grader account; $1 is the lab user. Exit 0 passes; the first line printed is the feedback.
+# shellcheck disable=SC2088  # a "~/" in a message is text for the learner, not a path
 user=${{1:-{user}}}
 home=$(getent passwd "$user" 2>/dev/null | cut -d: -f6)
 home=${{home:-$HOME}}

@@ -43,6 +43,7 @@ class Settings:
     reap_interval: int = 3600
     reconcile_interval: int = 300
     health_interval: int = 60
+    grading_due_interval: int = 60  # the sweep that starts deadline checks (activities' auto_check)
     orphan_grace: int = 600
     sweep_batch: int = 5000
     # How long a lab may stay in an in-progress state before the deadline sweep acts.

@@ -96,6 +96,8 @@ def advance_lab(lab_id: int, state: str, recoveries: int = 0) -> Retry | None:
 def _drive(session: Session, lab: Lab, step: Step, connector: Connector) -> Retry | None:
     rt = runtime.current()
     if lab.backend_call != step.call:
+        if step.call == "suspend":
+            _check_before_suspend(lab.id)
         _call_backend(session, lab, step, connector)
     if lab.handle is None:  # deleting a lab that never reached its backend
         return _finish(session, lab, step)
@@ -113,6 +115,18 @@ def _drive(session: Session, lab: Lab, step: Step, connector: Connector) -> Retr
     lab.progress, lab.message = seen.progress, seen.message[:500]
     session.commit()
     return Retry(max=POLL_FOREVER, interval=rt.settings.poll_interval)
+
+
+def _check_before_suspend(lab_id: int) -> None:
+    """Activities with `auto_check = "on_suspend"` get their checks run here, inline, before the backend
+    is asked to suspend: the machines still run, and the idle sweep and a suspend request both come
+    through this step. Best effort, like hooks: a check that cannot run never keeps a lab running."""
+    from broker import attempts  # broker.attempts imports broker.services, which imports this module
+
+    try:
+        attempts.check_before_suspend(runtime.current(), lab_id)
+    except Exception:  # noqa: BLE001 - logged; the suspend goes on
+        log.exception("lab %s: the checks before suspending failed", lab_id)
 
 
 def _call_backend(session: Session, lab: Lab, step: Step, connector: Connector) -> None:

@@ -1,4 +1,5 @@
-"""Periodic sweeps: suspend idle labs, recover or fail stuck ones, reap old ones, reconcile backends.
+"""Periodic sweeps: suspend idle labs, recover or fail stuck ones, reap old ones, reconcile backends, and
+start the deadline checks of graded activities.
 
 Each sweep is a plain function of the runtime (the CLI calls it directly) and an rq job of no
 arguments (the cron scheduler enqueues it). Sweeps work in bulk: one query finds every lab to act on,
@@ -17,7 +18,7 @@ from typing import Any, Callable
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from broker import activity, runtime
+from broker import activity, attempts, runtime
 from rq.cron import CronScheduler
 
 from broker.clock import utcnow
@@ -214,6 +215,7 @@ def register_cron(scheduler: CronScheduler, settings: Settings) -> None:
         reap_job: settings.reap_interval,
         reconcile_job: settings.reconcile_interval,
         check_backends_job: settings.health_interval,
+        check_due_job: settings.grading_due_interval,
     }
     for job, seconds in every.items():
         scheduler.register(job, DEFAULT_QUEUE, interval=seconds, result_ttl=0, name=job.__name__)
@@ -272,6 +274,11 @@ def reap_job() -> int:
 
 def reconcile_job() -> int:
     return timed("reconcile", reconcile)
+
+
+def check_due_job() -> int:
+    """Deadline checks of activities with `auto_check = "at_deadline"` (broker.attempts.check_due)."""
+    return timed("grading_due", attempts.check_due)
 
 
 def reconcile_backend_job(backend_id: int) -> dict[str, int]:

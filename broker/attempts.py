@@ -1,0 +1,577 @@
+"""Check attempts: running an activity's checks on a learner's lab, scoring them, and sending the grade.
+
+A learner (or an instructor, the suspend job, the deadline sweep) starts an attempt with `start_check`:
+one row in `check_attempts`, every check "pending", and one rq job (`check-<attempt id>`) on the lab's
+backend queue. The job, `run_attempt`, asks the connector where checks can run (`check_targets`), runs
+each check there through its grading hook (`broker.grading`), commits each result as it comes (the lab
+page shows the progress), scores the attempt (`broker.checks.score_of`) and then delivers the grade:
+the activity's policy (latest, best or first passing) over the learner's finished attempts gives the
+score, and when that changed it goes to the LMS through the grade outbox (`broker.scores`).
+
+At most one attempt per lab is under way (queued or running): a partial unique index enforces it, and a
+second "Check my work" gets the attempt already under way. An attempt whose job died (worker killed) is
+noticed by its job's status in rq and closed as an error, so it never blocks the lab's next check.
+
+Automatic checks: an activity with `auto_check = "on_suspend"` has its checks run inside the suspend job,
+before the backend is asked to suspend (`check_before_suspend`, called by `broker.jobs`); one with
+`"at_deadline"` gets a "deadline" attempt for every running lab once `due_at` has passed (`check_due`,
+a periodic sweep). Exam mode (`hide_results_until`) hides results from learners in `attempt_view`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Sequence
+
+from redis.exceptions import RedisError
+from rq import get_current_job
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
+from sqlalchemy import exists, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from broker import runtime
+from broker.checks import CheckDefinition, checks_of, max_score_of, score_of
+from broker.clock import utcnow
+from broker.connector import CheckTarget
+from broker.dispatch import JobRequest
+from broker.errors import ConfigError, ConnectorError, InvalidTransition, LabDeskError, ServiceUnavailable, UnknownBackend
+from broker.grading import CheckOutcome, CheckScript, runner_for
+from broker.lifecycle import LabState
+from broker.models import ACTIVE_ATTEMPT_STATES, Activity, CheckAttempt, Lab, LabEvent, User
+from broker.runtime import Runtime
+from broker.scores import record_score
+from broker.services import NotFound
+
+log = logging.getLogger(__name__)
+S = LabState
+
+POLICIES = ("latest", "best", "first_passing")
+AUTO_CHECKS = ("none", "on_suspend", "at_deadline")
+TRIGGERS = ("learner", "suspend", "deadline", "instructor")
+ENQUEUE_GRACE = timedelta(seconds=60)  # a queued attempt whose job is not in Redis yet may be mid-enqueue
+FEEDBACK_LIMIT = 500
+HINT_LINES = 5
+
+_MISCONFIGURED = "Checks cannot run on this lab right now. Please tell your instructor."
+_NOT_RUNNING = "The lab is not running any more. Open it and check again."
+_DIED = "The check stopped before it finished. Run it again."
+_CRASHED = "The checks could not run. Try again; if it fails again, tell your instructor."
+
+
+class NotGradable(LabDeskError):
+    """The lab's image has no checks to run."""
+
+
+# -- starting an attempt --------------------------------------------------------------------------------
+def start_check(rt: Runtime, user_id: int, lab_id: int, trigger: str = "learner") -> int:
+    """Queue a run of the checks on the learner's running lab and return the attempt's id.
+
+    `user_id` is the lab's owner (for an instructor's check too: pass the learner's id and
+    trigger="instructor"). When an attempt is already under way on the lab, its id is returned instead
+    of a new one. Raises NotFound (no such lab of this user), InvalidTransition (the lab is not running),
+    NotGradable (the image has no checks) or ServiceUnavailable (the job queue is down; nothing is kept).
+    """
+    if trigger not in TRIGGERS:
+        raise ValueError(f"unknown trigger {trigger!r} (expected one of: {', '.join(TRIGGERS)})")
+    _require_queue(rt)
+    with rt.session() as session:
+        lab = session.get(Lab, lab_id)
+        if lab is None or lab.user_id != user_id:
+            raise NotFound(f"no lab {lab_id} of user {user_id}")
+        if lab.state != S.RUNNING.value:
+            raise InvalidTransition(f"lab {lab_id} is {lab.state}; checks run only on a running lab: open the lab, then check again")
+        image = lab.activity.image
+        definitions = checks_of(image.spec)
+        if not definitions:
+            raise NotGradable(f"this lab has nothing to check: image {image.slug} version {image.version} defines no checks")
+        under_way = _under_way(rt, session, lab_id)
+        if under_way is not None:
+            return under_way
+        attempt = _new_attempt(lab, trigger, definitions)
+        session.add(attempt)
+        try:
+            session.flush()
+        except IntegrityError:  # another click queued one at the same moment
+            session.rollback()
+            under_way = _under_way(rt, session, lab_id)
+            if under_way is None:
+                raise
+            return under_way
+        attempt.job_id = f"check-{attempt.id}"
+        session.commit()
+        attempt_id, queue = attempt.id, lab.backend.queue_name
+    try:
+        rt.dispatcher.enqueue(JobRequest(queue, f"check-{attempt_id}", run_attempt, (attempt_id,)))
+    except RedisError as exc:
+        with rt.session() as session:  # nothing half-way: the learner can simply press again
+            session.execute(CheckAttempt.__table__.delete().where(CheckAttempt.id == attempt_id))
+            session.commit()
+        raise ServiceUnavailable(f"the job queue is unavailable: {exc}") from exc
+    return attempt_id
+
+
+def _new_attempt(lab: Lab, trigger: str, definitions: list[CheckDefinition]) -> CheckAttempt:
+    return CheckAttempt(
+        lab_id=lab.id, user_id=lab.user_id, activity_id=lab.activity_id, trigger=trigger, state="queued",
+        created_at=utcnow(), results=_pending(definitions), error="",
+    )
+
+
+def _pending(definitions: list[CheckDefinition]) -> list[dict[str, Any]]:
+    return [
+        {"id": d.id, "title": d.title, "host": d.host, "weight": d.weight, "state": "pending", "feedback": "",
+         "hint": "", "timed_out": False, "truncated": False, "seconds": None}
+        for d in definitions
+    ]
+
+
+def _under_way(rt: Runtime, session: Session, lab_id: int) -> int | None:
+    """The lab's attempt under way, if any; one whose job died is closed as an error first."""
+    attempt = session.scalar(
+        select(CheckAttempt).where(CheckAttempt.lab_id == lab_id, CheckAttempt.state.in_(ACTIVE_ATTEMPT_STATES))
+    )
+    if attempt is None:
+        return None
+    if not _job_died(rt, attempt):
+        return attempt.id
+    _close(session, attempt.id, "error", error=_DIED)
+    log.warning("check attempt %s: its job %s is gone; closed as an error", attempt.id, attempt.job_id)
+    return None
+
+
+def _job_died(rt: Runtime, attempt: CheckAttempt) -> bool:
+    """Whether the rq job that runs the attempt ended without finishing it (a killed worker, a timeout)."""
+    if attempt.job_id is None:
+        return False
+    try:
+        job = Job.fetch(attempt.job_id, connection=rt.redis)
+    except NoSuchJobError:
+        return utcnow() - attempt.created_at > ENQUEUE_GRACE
+    except RedisError:
+        return False
+    return job.get_status(refresh=False) in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED)
+
+
+def _require_queue(rt: Runtime) -> None:
+    try:
+        rt.redis.ping()
+    except RedisError as exc:
+        raise ServiceUnavailable(f"the job queue is unavailable: {exc}") from exc
+
+
+# -- running it (the rq job) -----------------------------------------------------------------------------
+def run_attempt(attempt_id: int) -> str:
+    """Run a queued attempt's checks one by one, score them and deliver the grade; returns the attempt's
+    final state ("done" or "error"), or "skipped" when it was no longer queued (run twice, or closed)."""
+    rt = runtime.current()
+    job = get_current_job()
+    with rt.session() as session:
+        claimed = session.execute(
+            update(CheckAttempt)
+            .where(CheckAttempt.id == attempt_id, CheckAttempt.state == "queued")
+            .values(state="running", **({"job_id": job.id} if job else {}))
+        ).rowcount
+        session.commit()
+    if claimed != 1:
+        return "skipped"
+    try:
+        state = _run_checks(rt, attempt_id)
+    except Exception:  # noqa: BLE001 - a bug or an outage must not leave the attempt "running" for ever
+        log.exception("check attempt %s failed", attempt_id)
+        with rt.session() as session:
+            _close(session, attempt_id, "error", error=_CRASHED)
+        return "error"
+    if state == "done":
+        deliver_grade(rt, attempt_id)
+    return state
+
+
+@dataclass(frozen=True)
+class _Lab:
+    """What running the checks needs of the lab, read once: no transaction stays open while they run."""
+
+    state: str
+    handle: dict[str, Any] | None
+    backend: Any
+    spec: dict[str, Any]
+
+
+def _run_checks(rt: Runtime, attempt_id: int) -> str:
+    with rt.session() as session:
+        attempt = session.get(CheckAttempt, attempt_id)
+        assert attempt is not None
+        lab = attempt.lab
+        info = _Lab(lab.state, lab.handle, lab.backend, lab.activity.image.spec or {})
+        results = list(attempt.results or [])
+        try:
+            definitions = checks_of(info.spec)
+        except LabDeskError as exc:
+            log.error("check attempt %s: %s", attempt_id, exc)
+            return _close(session, attempt_id, "error", error=_MISCONFIGURED)
+        if [r.get("id") for r in results] != [d.id for d in definitions]:
+            results = _pending(definitions)  # the activity moved to another image version meanwhile
+        if info.state not in (S.RUNNING.value, S.SUSPENDING.value) or info.handle is None:
+            return _close(session, attempt_id, "error", error=_NOT_RUNNING)
+        try:
+            targets = rt.connector(info.backend).check_targets(info.handle)
+        except ConnectorError as exc:
+            log.warning("check attempt %s: no check targets: %s", attempt_id, exc)
+            return _close(session, attempt_id, "error", error=exc.user_message[:500])
+        except (UnknownBackend, ConfigError) as exc:
+            log.error("check attempt %s: %s", attempt_id, exc)
+            return _close(session, attempt_id, "error", error=_MISCONFIGURED)
+        if not targets:
+            return _close(session, attempt_id, "error", error="This lab cannot be checked automatically.")
+        session.commit()  # end the read transaction before the checks run
+        first_host = _first_host(info.spec)
+        for i, check in enumerate(definitions):
+            results[i] = {**results[i], "state": "running"}
+            _save_results(session, attempt_id, results)
+            results[i] = {**results[i], **_run_one(check, _target_for(check, targets, first_host))}
+            _save_results(session, attempt_id, results)
+        maximum = max_score_of(info.spec)
+        return _close(session, attempt_id, "done", results=results, score_given=score_of(results, maximum), score_maximum=maximum)
+
+
+def _run_one(check: CheckDefinition, target: CheckTarget | None) -> dict[str, Any]:
+    """One check's result fields: state, feedback, hint (when failed), timed_out, truncated, seconds."""
+    started = time.monotonic()
+    if target is None:
+        outcome = CheckOutcome(None, error=f'this lab has no machine "{check.host}"')
+    else:
+        try:
+            runner = runner_for(target)
+            outcome = runner.run(target, CheckScript(check.id, check.script, check.args, check.timeout))
+        except ConfigError as exc:  # no grading hook installed for this kind of target
+            log.error("check %s: %s", check.id, exc)
+            outcome = CheckOutcome(None, error="no grading hook can reach this lab machine; please tell your instructor")
+        except Exception:  # noqa: BLE001 - a runner must report, not raise; one that does fails only its check
+            log.exception("check %s: the grading hook raised", check.id)
+            outcome = CheckOutcome(None, error="the grading hook failed")
+    state = "passed" if outcome.passed else ("error" if outcome.error else "failed")
+    feedback = _first_line(outcome.stdout)
+    if state == "error":
+        feedback = f"The check could not run: {outcome.error}"
+    elif outcome.timed_out and not feedback:
+        feedback = f"The check did not finish within {check.timeout:g} seconds."
+    return {
+        "state": state,
+        "feedback": feedback[:FEEDBACK_LIMIT],
+        "hint": (check.hint or _tail(outcome.stderr)) if state == "failed" else "",
+        "timed_out": outcome.timed_out,
+        "truncated": outcome.truncated,
+        "seconds": round(outcome.seconds or time.monotonic() - started, 2),
+    }
+
+
+def _target_for(check: CheckDefinition, targets: list[CheckTarget], first_host: str) -> CheckTarget | None:
+    """The machine a check runs on, by host name; the image's first host (or none named) is the first
+    target, whatever the connector calls it."""
+    for target in targets:
+        if target.host == check.host:
+            return target
+    return targets[0] if not check.host or check.host == first_host else None
+
+
+def _first_host(spec: dict[str, Any]) -> str:
+    hosts = spec.get("hosts")
+    if isinstance(hosts, list) and hosts and isinstance(hosts[0], dict):
+        return str(hosts[0].get("name", ""))
+    return ""
+
+
+def _first_line(text: str) -> str:
+    return next((line.strip() for line in text.splitlines() if line.strip()), "")
+
+
+def _tail(text: str) -> str:
+    lines = [line.rstrip() for line in text.splitlines() if line.strip()]
+    return "\n".join(lines[-HINT_LINES:])[-FEEDBACK_LIMIT:]
+
+
+def _save_results(session: Session, attempt_id: int, results: list[dict[str, Any]]) -> None:
+    """Commit the results so far (the lab page polls them)."""
+    session.execute(
+        update(CheckAttempt).where(CheckAttempt.id == attempt_id, CheckAttempt.state == "running").values(results=list(results))
+    )
+    session.commit()
+
+
+def _close(session: Session, attempt_id: int, state: str, **values: Any) -> str:
+    """Finish an attempt under way as "done" or "error" (compare-and-set: only from queued or running)."""
+    session.execute(
+        update(CheckAttempt)
+        .where(CheckAttempt.id == attempt_id, CheckAttempt.state.in_(ACTIVE_ATTEMPT_STATES))
+        .values(state=state, finished_at=utcnow(), **values)
+    )
+    session.commit()
+    return state
+
+
+# -- the grade -------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Scored:
+    """A finished attempt as the grading policy sees it."""
+
+    id: int
+    given: float
+    maximum: float
+    passed: int
+    total: int
+
+    @property
+    def all_passed(self) -> bool:
+        return self.total > 0 and self.passed == self.total
+
+
+def scored(attempt: CheckAttempt) -> Scored:
+    results = attempt.results or []
+    passed = sum(1 for r in results if r.get("state") == "passed")
+    return Scored(attempt.id, float(attempt.score_given or 0), float(attempt.score_maximum or 0), passed, len(results))
+
+
+def policy_choice(policy: str, history: Sequence[Scored]) -> Scored | None:
+    """The attempt whose score counts, among finished attempts oldest first.
+
+    latest: the newest. best: the highest share of its maximum (the newest of equals). first_passing:
+    the first with every check passed, once there is one; until then the newest.
+    """
+    if not history:
+        return None
+    if policy == "best":
+        best = history[0]
+        for item in history[1:]:
+            if _ratio(item) >= _ratio(best):
+                best = item
+        return best
+    if policy == "first_passing":
+        return next((item for item in history if item.all_passed), history[-1])
+    return history[-1]
+
+
+def _ratio(item: Scored) -> float:
+    return item.given / item.maximum if item.maximum else 0.0
+
+
+def deliver_grade(rt: Runtime, attempt_id: int) -> int | None:
+    """Send the learner's activity score to the LMS when this attempt changed it (the first always does);
+    returns the outbox id, or None when nothing was sent."""
+    with rt.session() as session:
+        attempt = session.get(CheckAttempt, attempt_id)
+        if attempt is None or attempt.state != "done":
+            return None
+        policy = attempt.activity.grading_policy
+        history = [scored(a) for a in _done_attempts(session, attempt.activity_id, attempt.user_id)]
+        ids = [item.id for item in history]
+        if attempt_id not in ids:
+            return None
+        before = history[: ids.index(attempt_id)]
+        now = policy_choice(policy, history[: ids.index(attempt_id) + 1])
+        then = policy_choice(policy, before)
+        assert now is not None
+        if then is not None and _grade(then) == _grade(now):
+            return None
+        activity_id, user_id = attempt.activity_id, attempt.user_id
+    return record_score(
+        rt, activity_id, user_id, now.given, now.maximum,
+        "Completed" if now.all_passed else "Submitted", "FullyGraded", _comment(now),
+    )
+
+
+def _grade(item: Scored) -> tuple[float, float, bool]:
+    return (item.given, item.maximum, item.all_passed)
+
+
+def _comment(item: Scored) -> str:
+    return f"{item.passed} of {item.total} check{'' if item.total == 1 else 's'} passed"
+
+
+def _done_attempts(session: Session, activity_id: int, user_id: int) -> list[CheckAttempt]:
+    return list(session.scalars(
+        select(CheckAttempt)
+        .where(CheckAttempt.activity_id == activity_id, CheckAttempt.user_id == user_id, CheckAttempt.state == "done")
+        .order_by(CheckAttempt.created_at, CheckAttempt.id)
+    ))
+
+
+def current_score(rt: Runtime, activity_id: int, user_id: int) -> dict[str, Any] | None:
+    """The learner's score for the activity under its policy: attempt id, given, maximum, comment."""
+    with rt.session() as session:
+        activity = session.get(Activity, activity_id)
+        if activity is None:
+            raise NotFound(f"no activity {activity_id}")
+        chosen = policy_choice(activity.grading_policy, [scored(a) for a in _done_attempts(session, activity_id, user_id)])
+        return _score_dict(chosen)
+
+
+def _score_dict(chosen: Scored | None) -> dict[str, Any] | None:
+    if chosen is None:
+        return None
+    return {"attempt_id": chosen.id, "score_given": chosen.given, "score_maximum": chosen.maximum,
+            "all_passed": chosen.all_passed, "comment": _comment(chosen)}
+
+
+# -- what the pages show ---------------------------------------------------------------------------------
+def attempt_view(rt: Runtime, attempt_id: int, as_instructor: bool, *, user_id: int | None = None) -> dict[str, Any]:
+    """An attempt as JSON for the lab page (polled while it runs) and the instructor view.
+
+    With `user_id`, an attempt on another user's lab is NotFound (unless `as_instructor`). In exam mode
+    (the activity's `hide_results_until` is in the future) a learner sees only the attempt's state and
+    which checks have run ("pending", "running", "done"): no pass or fail, feedback, hints or score, and
+    `results_hidden_until` says until when. Instructors always see everything.
+    """
+    with rt.session() as session:
+        attempt = session.get(CheckAttempt, attempt_id)
+        if attempt is None or (user_id is not None and attempt.user_id != user_id and not as_instructor):
+            raise NotFound(f"no check attempt {attempt_id}")
+        hide_until = attempt.activity.hide_results_until
+        hidden = not as_instructor and hide_until is not None and hide_until > utcnow()
+        results = attempt.results or []
+        view: dict[str, Any] = {
+            "id": attempt.id,
+            "lab_id": attempt.lab_id,
+            "state": attempt.state,
+            "finished": attempt.state not in ACTIVE_ATTEMPT_STATES,
+            "trigger": attempt.trigger,
+            "created_at": _time(attempt.created_at),
+            "finished_at": _time(attempt.finished_at),
+            "error": attempt.error,
+            "results_hidden_until": _time(hide_until) if hidden else None,
+        }
+        if hidden:
+            view.update(score_given=None, score_maximum=None, passed=None, total=len(results), checks=[
+                {"id": r.get("id"), "title": r.get("title"), "state": _progress_only(r.get("state", "pending"))} for r in results
+            ])
+            return view
+        view.update(
+            score_given=attempt.score_given,
+            score_maximum=attempt.score_maximum,
+            passed=sum(1 for r in results if r.get("state") == "passed"),
+            total=len(results),
+            checks=[
+                {key: r.get(key) for key in ("id", "title", "host", "weight", "state", "feedback", "hint", "timed_out", "seconds")}
+                for r in results
+            ],
+        )
+        return view
+
+
+def _progress_only(state: str) -> str:
+    return state if state in ("pending", "running") else "done"
+
+
+def latest_attempt_id(rt: Runtime, lab_id: int) -> int | None:
+    """The lab's newest attempt, if any (the lab page shows it on load)."""
+    with rt.session() as session:
+        return session.scalar(
+            select(CheckAttempt.id).where(CheckAttempt.lab_id == lab_id).order_by(CheckAttempt.created_at.desc(), CheckAttempt.id.desc()).limit(1)
+        )
+
+
+def activity_attempts(rt: Runtime, activity_id: int) -> list[dict[str, Any]]:
+    """Every learner with attempts on the activity, by name: their attempts (newest first) and the
+    score that counts under the activity's policy (`score`, None while no attempt has finished)."""
+    with rt.session() as session:
+        activity = session.get(Activity, activity_id)
+        if activity is None:
+            raise NotFound(f"no activity {activity_id}")
+        rows = session.execute(
+            select(CheckAttempt, User)
+            .join(User, CheckAttempt.user_id == User.id)
+            .where(CheckAttempt.activity_id == activity_id)
+            .order_by(CheckAttempt.created_at, CheckAttempt.id)
+        ).all()
+        learners: dict[int, dict[str, Any]] = {}
+        done: dict[int, list[Scored]] = {}
+        for attempt, user in rows:
+            entry = learners.setdefault(user.id, {"user_id": user.id, "name": user.name or user.subject, "attempts": []})
+            results = attempt.results or []
+            entry["attempts"].insert(0, {
+                "id": attempt.id, "lab_id": attempt.lab_id, "state": attempt.state, "trigger": attempt.trigger,
+                "score_given": attempt.score_given, "score_maximum": attempt.score_maximum,
+                "passed": sum(1 for r in results if r.get("state") == "passed"), "total": len(results),
+                "created_at": _time(attempt.created_at), "finished_at": _time(attempt.finished_at), "error": attempt.error,
+            })
+            if attempt.state == "done":
+                done.setdefault(user.id, []).append(scored(attempt))
+        for uid, entry in learners.items():
+            entry["score"] = _score_dict(policy_choice(activity.grading_policy, done.get(uid, [])))
+        return sorted(learners.values(), key=lambda e: (e["name"].lower(), e["user_id"]))
+
+
+def _time(moment: datetime | None) -> str | None:
+    """Naive UTC as ISO 8601 with its zone, so a browser reads it right."""
+    return None if moment is None else moment.isoformat(timespec="seconds") + "Z"
+
+
+# -- automatic checks ------------------------------------------------------------------------------------
+def check_before_suspend(rt: Runtime, lab_id: int) -> int | None:
+    """For an activity with `auto_check = "on_suspend"`: run the checks now, inline, while the lab's
+    machines still run (the suspend job calls this before asking the backend to suspend). Once per stay
+    in `running`: nothing is run when a "suspend" attempt was made since the lab last became running
+    (the suspend job re-run by the deadline sweep), or while another attempt is under way (it counts).
+    Returns the attempt's id, or None when nothing was run."""
+    with rt.session() as session:
+        lab = session.get(Lab, lab_id)
+        if lab is None or lab.activity.auto_check != "on_suspend":
+            return None
+        definitions = checks_of(lab.activity.image.spec)
+        if not definitions:
+            return None
+        since = session.scalar(select(func.max(LabEvent.at)).where(LabEvent.lab_id == lab_id, LabEvent.to_state == S.RUNNING.value))
+        earlier = select(CheckAttempt.id).where(CheckAttempt.lab_id == lab_id, CheckAttempt.trigger == "suspend")
+        if since is not None:
+            earlier = earlier.where(CheckAttempt.created_at >= since)
+        if session.scalar(earlier.limit(1)) is not None:
+            return None
+        if _under_way(rt, session, lab_id) is not None:
+            log.info("lab %s: an attempt is under way as it suspends; no separate suspend check", lab_id)
+            return None
+        attempt = _new_attempt(lab, "suspend", definitions)
+        job = get_current_job()
+        attempt.job_id = job.id if job else None
+        session.add(attempt)
+        try:
+            session.commit()
+        except IntegrityError:
+            return None
+        attempt_id = attempt.id
+    run_attempt(attempt_id)
+    return attempt_id
+
+
+def check_due(rt: Runtime) -> int:
+    """For activities with `auto_check = "at_deadline"` whose `due_at` has passed: start a "deadline"
+    attempt on every running lab that has none yet (a lab launched after the deadline gets one once it
+    runs). Where an attempt is already under way it is left to finish, and the next sweep starts the
+    deadline attempt. Returns how many labs it queued checks for."""
+    with rt.session() as session:
+        has_deadline_attempt = exists().where(CheckAttempt.lab_id == Lab.id, CheckAttempt.trigger == "deadline")
+        due = session.execute(
+            select(Lab.id, Lab.user_id)
+            .join(Activity, Lab.activity_id == Activity.id)
+            .where(
+                Activity.auto_check == "at_deadline",
+                Activity.due_at.is_not(None),
+                Activity.due_at <= utcnow(),
+                Lab.state == S.RUNNING.value,
+                ~has_deadline_attempt,
+            )
+            .order_by(Lab.id)
+            .limit(rt.settings.sweep_batch)
+        ).all()
+    started = 0
+    for lab_id, user_id in due:
+        try:
+            start_check(rt, user_id, lab_id, trigger="deadline")
+        except (InvalidTransition, NotGradable, NotFound) as exc:  # the lab moved on, or nothing to check
+            log.info("deadline check of lab %s skipped: %s", lab_id, exc)
+            continue
+        started += 1
+    return started
+
