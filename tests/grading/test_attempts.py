@@ -382,6 +382,25 @@ def test_a_check_on_a_machine_the_lab_does_not_have(rt: Runtime, graded: World, 
     assert attempt.results[1]["feedback"] == 'The check could not run: this lab has no machine "router"'
 
 
+def test_an_activity_s_grading_settings(rt: Runtime, graded: World) -> None:
+    from datetime import timezone
+
+    paris_noon = datetime(2027, 1, 15, 12, 0, tzinfo=timezone(timedelta(hours=1)))
+    assert attempts.set_grading(rt, graded.activity_id, grading_policy="best", auto_check="at_deadline", due_at=paris_noon) == {
+        "grading_policy": "best", "auto_check": "at_deadline", "due_at": datetime(2027, 1, 15, 11, 0), "hide_results_until": None}
+    now = attempts.set_grading(rt, graded.activity_id, hide_results_until=datetime(2027, 1, 16))
+    assert (now["grading_policy"], now["due_at"], now["hide_results_until"]) == ("best", datetime(2027, 1, 15, 11, 0), datetime(2027, 1, 16))
+    with pytest.raises(attempts.InvalidGrading, match="^grading_policy must be one of latest, best, first_passing; got 'worst'$"):
+        attempts.set_grading(rt, graded.activity_id, grading_policy="worst")
+    with pytest.raises(attempts.InvalidGrading, match="^auto_check must be one of none, on_suspend, at_deadline; got 'hourly'$"):
+        attempts.set_grading(rt, graded.activity_id, auto_check="hourly")
+    with pytest.raises(attempts.InvalidGrading, match=r"^auto_check at_deadline needs a due date \(due_at\)$"):
+        attempts.set_grading(rt, graded.activity_id, due_at=None)
+    assert attempts.set_grading(rt, graded.activity_id, auto_check="none", due_at=None, hide_results_until=None)["due_at"] is None
+    with pytest.raises(NotFound):
+        attempts.set_grading(rt, 999, grading_policy="latest")
+
+
 # -- what the pages get ----------------------------------------------------------------------------------
 def test_the_view_of_an_attempt(rt: Runtime, graded: World, fake_dir: Path) -> None:
     lab_id = running_lab(rt, graded, fake_dir)
