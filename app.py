@@ -25,6 +25,7 @@ from web.errors import register_error_pages
 from web.health import health
 from web.pages import pages
 from web.csrf import protect
+from web.checks import checks
 from web.desktop import desktop
 from web.vendor import vendor
 from web.presence import PresenceRoute
@@ -45,7 +46,7 @@ def create_app(settings: Settings | None = None, rt: Runtime | None = None) -> F
     app.config.update(SECRET_KEY=secret_key(settings), **cookie_policy(settings))
     app.extensions["labdesk"] = rt
     app.url_map.converters["id"] = RowId
-    for blueprint in (pages, api, desktop, vendor, health):
+    for blueprint in (pages, api, desktop, checks, vendor, health):
         app.register_blueprint(blueprint)
     protect(app)
     lti.web.register(app, settings.emulator)

@@ -1,13 +1,14 @@
 """The instructor view of one activity, reached by a launch with a staff role: who opened a lab, in which
-state it is, and the class roster from the LMS's Names and Role Provisioning Service."""
+state it is, every learner's checks and current score (with a page per attempt), and the class roster
+from the LMS's Names and Role Provisioning Service."""
 
 from __future__ import annotations
 
 from flask import Blueprint, abort, redirect, render_template, request, session, url_for
 from sqlalchemy import select
 
-from broker import services
-from broker.models import Activity, Lab, Membership, User
+from broker import attempts, services
+from broker.models import Activity, CheckAttempt, Lab, Membership, User
 from lti import nrps
 from lti.roles import view_for
 from lti.service_token import ServiceError
@@ -26,7 +27,20 @@ def activity(activity_id: int):  # type: ignore[no-untyped-def]
         return render_template(
             "lti/instructor.html", activity=found, rows=_rows(db, found), roster=roster, roster_error=roster_error,
             newer=services.newer_image(db, found), updated=request.args.get("updated"),
+            grades=_grades(db, found), check_count=len((found.image.spec or {}).get("checks") or []),
         )
+
+
+@instructor.get("/teach/attempts/<id:attempt_id>")
+def attempt(attempt_id: int):  # type: ignore[no-untyped-def]
+    """One check attempt as the instructor sees it: every check's result, feedback and hint, the score."""
+    with rt().session() as db:
+        found = db.get(CheckAttempt, attempt_id)
+        if found is None or not _teaches(db, found.activity):
+            abort(404)
+        activity, learner = found.activity, found.user.name or found.user.subject
+        view = attempts.attempt_view(rt(), attempt_id, as_instructor=True)
+        return render_template("lti/attempt.html", activity=activity, learner=learner, attempt=view)
 
 
 @instructor.post("/teach/activities/<id:activity_id>/image")
@@ -38,6 +52,22 @@ def update_image(activity_id: int):  # type: ignore[no-untyped-def]
             abort(404)
     version = services.update_activity_image(rt(), activity_id)
     return redirect(url_for("instructor.activity", activity_id=activity_id, updated=version or "current"))
+
+
+def _teaches(db, activity: Activity) -> bool:  # type: ignore[no-untyped-def]
+    return activity.course_id in session.get("instructor_courses", []) and services.is_instructor(db, activity.course_id, session.get("user_id", 0))
+
+
+def _grades(db, activity: Activity) -> list[dict[str, object]]:  # type: ignore[no-untyped-def]
+    """Every learner's attempts and current score (`broker.attempts`), then the course's learners who have
+    not checked their work yet, with no attempts."""
+    graded = attempts.activity_attempts(rt(), activity.id)
+    seen = {row["user_id"] for row in graded}
+    waiting = db.execute(
+        select(User).join(Membership, Membership.user_id == User.id)
+        .where(Membership.course_id == activity.course_id, Membership.role == "learner").order_by(User.name)
+    ).scalars()
+    return graded + [dict(user_id=u.id, name=u.name or u.subject, attempts=[], score=None) for u in waiting if u.id not in seen]
 
 
 def _roster(activity_id: int) -> tuple[list[dict[str, str]], str]:

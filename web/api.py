@@ -38,7 +38,14 @@ def lab_json(lab: Lab, keepalive_interval: int) -> dict[str, object]:
         "error_kind": "capacity" if lab.waiting_for == "capacity" else ERROR_KINDS.get(lab.state),
         "activity": lab.activity.title,
         "keepalive_interval": lab.activity.keepalive_interval or keepalive_interval,
+        "checks": check_count(lab),
     }
+
+
+def check_count(lab: Lab) -> int:
+    """How many grading checks the lab's image defines ("Check my work" shows only when there are some)."""
+    checks = (lab.activity.image.spec or {}).get("checks")
+    return len(checks) if isinstance(checks, list) else 0
 
 
 # States the lab page explains with what to do next, rather than a progress bar.

@@ -4,6 +4,7 @@
 // within seconds instead of running on at the institution's cost. An instructor watching (data-watch)
 // sees the same desktop read-only and sends nothing but requests for frames.
 import { LabApi, explain } from "./lab-api.js";
+import { CheckPanel } from "./lab-check.js";
 import { ClipboardBridge } from "./lab-clipboard.js";
 import { Desktop } from "./lab-desktop.js";
 import { IdleWatch } from "./lab-idle.js";
@@ -84,6 +85,14 @@ class LabPage {
       panel: this.el.clipboardPanel, toggle: this.el.clipboardToggle, textarea: this.el.clipboardText,
       status: this.el.clipboardStatus, desktop: this.el.desktop, send: (text) => this.desktop.sendClipboard(text),
     });
+    this.check = !this.el.checkPanel ? null : new CheckPanel({
+      button: this.el.checkStart,
+      panel: this.el.checkPanel,
+      elements: this.el.checks,
+      urls: { start: this.el.checkPanel.dataset.start, latest: this.el.checkPanel.dataset.latest },
+      csrf: this.config.csrf,
+      watch: this.config.watch,
+    });
     this.idle = this.config.watch || !this.config.idleSeconds ? null : new IdleWatch(this.config.idleSeconds, {
       onWarn: (seconds) => this.#idleWarning(seconds),
       onCalm: () => this.#idleCalm(),
@@ -100,6 +109,7 @@ class LabPage {
       window.setInterval(() => this.#keepalive(), this.config.keepaliveSeconds * 1000);
     }
     if (this.idle) this.idle.start();
+    if (this.check) this.check.start();
     this.#poll();
   }
 
@@ -129,6 +139,7 @@ class LabPage {
     renderProblem(this.el.problem, problem);
     this.#renderResume(lab, problem);
     if (!this.config.watch) this.#renderWatchers(lab.watchers);
+    if (this.check) this.check.labChanged(lab);
     if (lab.state === "running" && this.phase === "waiting") this.#connect();
     else if (lab.state !== "running" && ["connecting", "connected", "retrying"].includes(this.phase)) this.#labStopped();
     this.#layout();
@@ -476,6 +487,19 @@ class LabPage {
       idleText: byId("idle-text"),
       idleSpoken: byId("idle-spoken"),
       idleStay: byId("idle-stay"),
+      checkStart: byId("check-start"),
+      checkPanel: byId("check-panel"),
+      checks: {
+        status: byId("check-status"),
+        error: byId("check-error"),
+        when: byId("check-when"),
+        toggle: byId("check-toggle"),
+        body: byId("check-body"),
+        progress: byId("check-progress"),
+        score: byId("check-score"),
+        hidden: byId("check-hidden"),
+        list: byId("check-list"),
+      },
     };
   }
 }
