@@ -17,6 +17,15 @@ including locked-down ones with the SFTP subsystem turned off. Why a file rather
 script's own `#!` line is honoured, so a Python check runs under Python; a script without one gets
 `#!/bin/sh`. The wrapper itself runs under `/bin/sh`, whatever the account's login shell is.
 
+`remote_command` replaces the wrapper for accounts whose sshd forces a command of its own (the image's
+`grader` account forces `grader-run`, which would refuse the wrapper): the command is sent as
+`<remote_command> <args…>` (each argument shell-quoted) with the script on stdin, and must copy, run and
+remove the script itself, as `grader-run run-script` does in the grader's private directory. Output
+limits work the same, and `timeout` still bounds the call, but the command must also enforce the time
+limit itself: sshd refuses the "signal" request for a forced-command session ("refusing to send signal
+TERM to forced-command session" in its log), so a script it runs cannot be stopped from here
+(grading_hooks.ssh passes `--timeout=` to grader-run, which uses coreutils `timeout`).
+
 Time-outs: `timeout` bounds the whole call, connecting included. When it expires, LabDesk asks sshd to
 send SIGTERM to the script's process group (the SSH "signal" request, honoured by OpenSSH 7.9 and
 later; sshd starts every command in a session of its own), SIGKILL after `KILL_GRACE` seconds if the
@@ -135,8 +144,12 @@ def run_script(
     *,
     args: Sequence[str] = (),
     output_limit: int = 65536,
+    remote_command: str | None = None,
 ) -> ScriptResult:
     """Copy `script` to the lab, run it with `args`, remove it; `timeout` bounds the whole call.
+
+    With `remote_command` (e.g. "run-script" for a forced `grader-run`), that command receives the
+    script on stdin instead of the copy-run-remove wrapper (see the module's docstring).
 
     Raises TransientError when the lab cannot be reached or refuses the key, or the connection drops,
     and PermanentError when `target.private_key` is not a usable private key.
@@ -146,7 +159,8 @@ def run_script(
     deadline = time.monotonic() + timeout
     client = _connect(target, _load_key(target), min(target.connect_timeout, timeout))
     try:
-        return _run(client, target, _with_shebang(script), args, deadline, output_limit)
+        command = _command(secrets.token_hex(8), args, remote_command)
+        return _run(client, target, _with_shebang(script), command, deadline, output_limit)
     except (paramiko.SSHException, OSError, EOFError) as exc:
         raise _transient(target, f"connection lost: {_cause(exc)}") from exc
     finally:
@@ -157,9 +171,18 @@ def _with_shebang(script: str) -> bytes:
     return (script if script.startswith("#!") else "#!/bin/sh\n" + script).encode()
 
 
-def _command(token: str, args: Sequence[str]) -> str:
+@dataclass(frozen=True)
+class _Command:
+    line: str  # what the SSH "exec" request sends
+    token: str | None  # names the wrapper's copy (see _remove_copy); None when the command removes its own
+
+
+def _command(token: str, args: Sequence[str], remote_command: str | None = None) -> _Command:
+    if remote_command is not None:
+        return _Command(" ".join([remote_command, *map(shlex.quote, args)]), None)
     wrapper = WRAPPER.replace("TOKEN", token)
-    return " ".join(["exec /bin/sh -c", shlex.quote(wrapper), "labdesk-script", *map(shlex.quote, args)])
+    line = " ".join(["exec /bin/sh -c", shlex.quote(wrapper), "labdesk-script", *map(shlex.quote, args)])
+    return _Command(line, token)
 
 
 def _load_key(target: SshTarget) -> paramiko.PKey:
@@ -224,19 +247,18 @@ def _run(
     client: paramiko.SSHClient,
     target: SshTarget,
     script: bytes,
-    args: Sequence[str],
+    command: _Command,
     deadline: float,
     output_limit: int,
 ) -> ScriptResult:
     started = time.monotonic()
-    token = secrets.token_hex(8)
     stdout, stderr = _Capped(output_limit), _Capped(output_limit)
     channel = client.get_transport().open_session(timeout=max(deadline - started, 0.1))
     try:
-        channel.exec_command(_command(token, args))
+        channel.exec_command(command.line)
         finished = _send(channel, script, deadline) and _collect(channel, stdout, stderr, deadline)
         if not finished:
-            _stop(client, channel, stdout, stderr, token)
+            _stop(client, channel, stdout, stderr, command.token)
         status = channel.recv_exit_status() if finished else None
     finally:
         channel.close()
@@ -313,14 +335,15 @@ def _wait(channel: paramiko.Channel, seconds: float) -> None:
 
 
 def _stop(
-    client: paramiko.SSHClient, channel: paramiko.Channel, stdout: _Capped, stderr: _Capped, token: str
+    client: paramiko.SSHClient, channel: paramiko.Channel, stdout: _Capped, stderr: _Capped, token: str | None
 ) -> None:
     """The time-out expired: SIGTERM the script, SIGKILL it after KILL_GRACE, remove the copy if need be."""
     _signal(channel, "TERM")
     if _collect(channel, stdout, stderr, time.monotonic() + KILL_GRACE):
         return
     _signal(channel, "KILL")
-    _remove_copy(client, token)
+    if token is not None:
+        _remove_copy(client, token)
 
 
 def _signal(channel: paramiko.Channel, name: str) -> None:

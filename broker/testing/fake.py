@@ -9,7 +9,10 @@ same backend, or in memory when no directory is given. Settings script its behav
   default for ever): which calls raise which error kind;
 - `capacity`: how many objects it holds before raising `CapacityError`;
 - `down`: `available()` answers False;
-- `endpoints`: the desktop endpoints of every lab, as dicts of `DesktopEndpoint` fields.
+- `endpoints`: the desktop endpoints of every lab, as dicts of `DesktopEndpoint` fields;
+- `check_targets`: where grading checks run, as dicts of `CheckTarget` fields; without it, one `local`
+  target whose home is `check_home`, else `state_dir`, else a private directory in the temp dir, so
+  broker tests run checks for real through the `local` grading hook.
 """
 
 from __future__ import annotations
@@ -17,12 +20,14 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 from broker.connector import (
     Capability,
+    CheckTarget,
     Connector,
     DesktopEndpoint,
     Handle,
@@ -95,6 +100,22 @@ class FakeConnector(Connector):
         self._call("endpoints")
         configured = self.config.get("endpoints") or [{"protocol": "vnc", "host": "127.0.0.1", "port": 5900, "password": "fake-secret"}]
         return [DesktopEndpoint(**item) for item in configured]
+
+    def check_targets(self, handle: Handle) -> list[CheckTarget]:
+        """`check_targets` from the settings (dicts of CheckTarget fields), else one `local` target."""
+        self._call("check_targets")
+        if self._load(handle["key"]) is None:
+            raise PermanentError(f"{handle['key']} is gone", "This lab no longer exists on its backend.")
+        configured = self.config.get("check_targets")
+        if configured:
+            return [CheckTarget(**item) for item in configured]
+        home = self.config.get("check_home") or self.config.get("state_dir")
+        if not home:
+            home = Path(tempfile.gettempdir(), f"labdesk-fake-{os.getuid()}-{self.name}")
+            home.mkdir(mode=0o700, exist_ok=True)
+            if home.is_symlink() or home.stat().st_uid != os.getuid():
+                raise PermanentError(f"{home} is not ours", "This lab cannot be checked automatically.")
+        return [CheckTarget(host="main", runner="local", extra={"home": str(home)})]
 
     def list_managed(self) -> list[ManagedObject]:
         self._call("list_managed")

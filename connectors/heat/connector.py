@@ -20,6 +20,7 @@ import yaml
 
 from broker.connector import (
     Capability,
+    CheckTarget,
     Connector,
     DesktopEndpoint,
     Handle,
@@ -129,6 +130,40 @@ class HeatConnector(Connector):
         except outputs.OutputError as exc:
             raise PermanentError(f"stack {stack.stack_name}: {exc}", "The lab's template is broken. Please tell your instructor.") from None
         return outputs.endpoints(hosts, request.protocol, self._generated_credentials(request))
+
+    def check_targets(self, handle: Handle) -> list[CheckTarget]:
+        """One SSH target per machine of the stack: the grader account (`grader_user`, default "grader")
+        with the lab's service key, whose public half the template received as `grader_public_key`.
+
+        `grader_command` says what the account's sshd forces: "grader-run" (the default, as in the
+        shipped images) makes the `ssh` grading hook send the script to `grader-run run-script`; any
+        other value (e.g. "" for an account without a forced command) uses the plain shell wrapper.
+        """
+        if "request" not in handle:
+            raise PermanentError(f"heat handle without a request: {handle!r}", status.GONE_MESSAGE)
+        request = StackRequest.from_json(handle["request"])
+        stack = self._stack_or_none(handle)
+        if stack is None:
+            raise PermanentError(f"stack {handle.get('stack_name')} is gone", status.GONE_MESSAGE)
+        try:
+            hosts = outputs.hosts_from_outputs(outputs.outputs_dict(stack.outputs), request.protocol)
+        except outputs.OutputError as exc:
+            raise PermanentError(f"stack {handle.get('stack_name')}: {exc}", "The lab's template is broken. Please tell your instructor.") from None
+        user = str(self.config.get("grader_user") or "grader")
+        forced = self.config.get("grader_command", "grader-run") == "grader-run"
+        key = self._credentials(request).service_private_key
+        return [
+            CheckTarget(
+                host=host.name,
+                runner="ssh",
+                address=host.address,
+                port=int(host.ports.get("ssh", 22)),
+                user=user,
+                private_key=key,
+                extra={"command": "grader-run"} if forced else {},
+            )
+            for host in hosts
+        ]
 
     def list_managed(self) -> list[ManagedObject]:
         managed = []

@@ -23,6 +23,7 @@ from typing import Any, Mapping
 
 from broker.connector import (
     Capability,
+    CheckTarget,
     Connector,
     DesktopEndpoint,
     Handle,
@@ -146,6 +147,15 @@ class LocalConnector(Connector):
     def list_managed(self) -> list[ManagedObject]:
         """Every lab directory with a record under state_dir, running or not."""
         return [ManagedObject(r.lab_id, self._handle(r.lab_id, d)) for d, r in labs.records(self.state_dir)]
+
+    def check_targets(self, handle: Handle) -> list[CheckTarget]:
+        """The lab's one machine is this host: checks run by the `local` grading hook as the LabDesk user,
+        in the lab's directory, which is also the HOME its desktop gets (connectors.local.desktop)."""
+        lab_dir = self._lab_dir(handle)
+        record = labs.read_record(lab_dir)
+        if record is None or not self._members(lab_dir, record):
+            raise PermanentError(f"{lab_dir} is gone", GONE_MESSAGE)
+        return [CheckTarget(host="main", runner="local", extra={"home": str(lab_dir)})]
 
     def available(self) -> bool:
         """Xvfb and x11vnc are installed and state_dir is ours and writable."""

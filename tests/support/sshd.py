@@ -100,22 +100,30 @@ class Sshd:
         """What sshd wrote so far (`-e`: its log goes to stderr, kept in `log_path`)."""
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def add_user(self, name: str | None = None, public_key: str | None = None, shell: str = "/bin/bash") -> str:
-        """Create a throwaway user (home directory included) who may log in with `public_key`."""
+    def add_user(
+        self, name: str | None = None, public_key: str | None = None, shell: str = "/bin/bash", key_options: str = ""
+    ) -> str:
+        """Create a throwaway user (home directory included) who may log in with `public_key`
+        (with `key_options`, see `authorize`)."""
         name = name or f"ldtest{secrets.token_hex(3)}"
         subprocess.run(["useradd", "--create-home", "--shell", shell, name], check=True, capture_output=True)
         self.users.append(name)
         # No password, but not locked: sshd without PAM refuses accounts whose password starts with "!".
         subprocess.run(["usermod", "--password", "*", name], check=True, capture_output=True)
         if public_key:
-            self.authorize(name, public_key)
+            self.authorize(name, public_key, key_options)
         return name
 
-    def authorize(self, name: str, public_key: str) -> None:
-        """Add one more public key (an `ssh-ed25519 AAAA…` line) that may log in as `name`."""
+    def authorize(self, name: str, public_key: str, options: str = "") -> None:
+        """Add one more public key (an `ssh-ed25519 AAAA…` line) that may log in as `name`.
+
+        `options` is the authorized_keys options prefix, e.g. `restrict,command="/path/to/grader-run"`:
+        sshd then runs that command whatever the client asks, with the request in SSH_ORIGINAL_COMMAND,
+        as a `ForceCommand` does.
+        """
         keys = self.keys_dir / name
         with keys.open("a") as file:
-            file.write(public_key.strip() + "\n")
+            file.write((f"{options} " if options else "") + public_key.strip() + "\n")
         keys.chmod(0o644)
 
     def remove_user(self, name: str) -> None:
