@@ -182,3 +182,29 @@ def test_a_heat_lab_is_checked_through_grader_run_with_its_derived_key(sshd: Ssh
         assert refused.exit_status == 126 and "refused argument" in refused.stderr  # grader-run really is in the way
     finally:
         sshd.remove_user(grader)
+
+
+@pytest.mark.heat
+@pytest.mark.slow
+def test_a_real_heat_lab_is_checked_on_its_machine(sshd: Sshd) -> None:
+    """The real standalone Heat creates the test template's stack, whose outputs point at the sshd."""
+    from broker.connector import ObservedState
+    from tests.connectors.heat.test_real_heat import drive, new_lab_id
+    from tests.support.heat import heat_endpoints, lab_spec, provider
+
+    [endpoint] = heat_endpoints(1)
+    lab_id = new_lab_id()
+    config = backend_config([provider(endpoint, "cloud-a", parameters={"port": sshd.port})])
+    grader = sshd.add_user(public_key=derive(config["credential_seed"], lab_id).service_public_key,
+                           key_options=f'restrict,command="{GRADER_RUN}"')
+    connector = HeatConnector("heat-grading-real", {**config, "grader_user": grader})
+    handle, _ = drive(connector, connector.provision(lab_spec(lab_id)), ObservedState.READY)
+    try:
+        [target] = connector.check_targets(handle)
+        assert (target.address, target.port, target.user, dict(target.extra)) == ("127.0.0.1", sshd.port, grader, {"command": "grader-run"})
+        outcome = runner_for(target).run(target, CheckScript("c", "#!/bin/sh\nid -un\n", timeout=20))
+        assert outcome.passed and outcome.stdout == f"{grader}\n", outcome
+    finally:
+        connector.delete(handle)
+        drive(connector, handle, ObservedState.GONE)
+        sshd.remove_user(grader)
