@@ -10,7 +10,7 @@ hint for its check when the entry has none). The grade goes out through the AGS 
 worker to the emulator.
 
 Screenshots are saved in the test's tmp_path: lab-running.png, check-failed.png, check-passed.png,
-latest-on-load.png, instructor-view.png, gradebook.png. An instructor watching the lab sees its latest
+latest-on-load.png, instructor-view.png, gradebook.png (and exam-mode.png). An instructor watching the lab sees its latest
 check too.
 """
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 import shutil
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
@@ -302,3 +303,42 @@ def next_frame(page: "Page", base: str, path: str) -> "Frame":
                 return frame
         page.wait_for_timeout(100)
     raise AssertionError(f"the iframe never showed {path}: {[f.url for f in page.frames]}")
+
+
+def test_in_exam_mode_the_learner_sees_that_the_work_was_checked_but_no_result(
+    rt: Runtime, stack: LiveServer, browser: "Browser", tmp_path: Path
+) -> None:
+    PAGE_ERRORS.clear()
+    context = browser.new_context(viewport=VIEWPORT)
+    page = watched(context.new_page())
+    page.goto(f"{stack.url}/emulator/")
+    page.get_by_role("button", name="Launch as learner (Alan Turing)").first.click()
+    frame = lab_frame(page, stack.url)
+    lab_id = int(frame.url.rsplit("/", 1)[1])
+    frame.get_by_text(RUNNING, exact=True).wait_for(timeout=60000)
+    with rt.session() as db:
+        db.get(Lab, lab_id).activity.hide_results_until = datetime(2099, 1, 2, 15, 30)
+        db.commit()
+
+    frame.get_by_role("button", name="Check my work").click()
+    status = frame.get_by_role("status").filter(has_text="Results are hidden until")
+    status.wait_for(timeout=30000)
+    text = frame.locator("#check-status").inner_text()
+    assert text.startswith("Your work was checked and saved. Results are hidden until ") and "2099" in text, text
+    item = frame.locator("#check-list li").first
+    assert item.locator(".check-title").inner_text() == "Create ~/hello.txt"
+    assert "check-hidden" in (item.get_attribute("class") or "")
+    for absent in (".check-feedback", ".check-hint"):
+        assert item.locator(absent).count() == 0, absent
+    assert frame.locator("#check-score").is_hidden(), "no score in exam mode"
+    assert "✗" not in frame.locator("#check-panel").inner_text() and "✓" not in frame.locator("#check-panel").inner_text()
+    page.screenshot(path=str(tmp_path / "exam-mode.png"), full_page=True)
+    frame.get_by_role("button", name="Hide results").click()
+    toggle = frame.locator("#check-toggle")
+    assert frame.locator("#check-list").is_hidden() and toggle.get_attribute("aria-expanded") == "false"
+    assert toggle.inner_text() == "Show results" and frame.locator("#check-status").is_visible(), "the summary stays"
+    with rt.session() as db:
+        attempt = db.scalar(select(CheckAttempt).where(CheckAttempt.lab_id == lab_id))
+        assert attempt.state == "done" and attempt.score_given == 0, "the attempt was scored all the same"
+    context.close()
+    assert PAGE_ERRORS == [], "no script error on any page"

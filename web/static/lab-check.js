@@ -72,7 +72,7 @@ export function summaryOf(attempt) {
     return `Your work could not be checked${attempt.error ? `: ${attempt.error.replace(/\.$/, "")}` : ""}. Try again in a moment.`;
   }
   if (attempt.results_hidden_until) {
-    return `Your work was checked. Results are hidden until ${formatWhen(attempt.results_hidden_until)}.`;
+    return `Your work was checked and saved. Results are hidden until ${formatWhen(attempt.results_hidden_until)}.`;
   }
   const checks = attempt.checks || [];
   const passed = checks.filter((check) => check.state === "passed").length;
@@ -209,8 +209,6 @@ export class CheckPanel {
     setText(el.score, score ? `Score: ${score}` : "");
 
     const hiddenUntil = attempt.results_hidden_until;
-    el.hidden.hidden = !hiddenUntil;
-    setText(el.hidden, hiddenUntil ? `Results are hidden until ${formatWhen(hiddenUntil)}. Your attempt is saved.` : "");
 
     const when = attempt.finished_at || attempt.created_at;
     setText(el.when, when ? `${attempt.finished_at ? "Checked" : "Started"} ${formatWhen(when)}` : "");

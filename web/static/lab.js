@@ -497,7 +497,6 @@ class LabPage {
         body: byId("check-body"),
         progress: byId("check-progress"),
         score: byId("check-score"),
-        hidden: byId("check-hidden"),
         list: byId("check-list"),
       },
     };
