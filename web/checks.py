@@ -73,8 +73,8 @@ def latest(lab_id: int):  # type: ignore[no-untyped-def]
 
 
 def _viewer(db: Session, lab: Lab | None, owner_id: int | None) -> str | None:
-    """"instructor" for an instructor of the lab's course, "owner" for the learner whose attempt (or lab)
-    it is, None for anyone else. An instructor checking their own lab sees it as an instructor."""
+    """Who is reading: "instructor" (of the lab's course), "owner" (the learner whose attempt or lab it
+    is) or None (anyone else). An instructor checking their own lab sees it as an instructor."""
     if lab is None or owner_id is None:
         return None
     uid = user_id()
