@@ -377,9 +377,11 @@ def deliver_grade(rt: Runtime, attempt_id: int) -> int | None:
         if then is not None and _grade(then) == _grade(now):
             return None
         activity_id, user_id = attempt.activity_id, attempt.user_id
+        held = attempt.activity.hide_results_until  # exam mode: the LMS gets it when results are released
     return record_score(
         rt, activity_id, user_id, now.given, now.maximum,
         "Completed" if now.all_passed else "Submitted", "FullyGraded", _comment(now),
+        not_before=held if held and held > utcnow() else None,
     )
 
 

@@ -51,8 +51,12 @@ def record_score(
     activity_progress: str,
     grading_progress: str,
     comment: str = "",
+    not_before: datetime | None = None,
 ) -> int:
     """Queue a score for the LMS and return its outbox id.
+
+    `not_before` holds the score back until then (exam mode: a grade must not reach the LMS gradebook
+    before results are released); the outbox sweep sends it once it is due, with its original timestamp.
 
     The row is committed before any delivery is tried, so the score survives an LMS outage and a Redis
     hiccup alike (the outbox sweep finds rows whose job never got queued).
@@ -73,11 +77,13 @@ def record_score(
             "comment": str(comment),
             "timestamp": _next_timestamp(session, activity_id, user_id),
         }
-        row = ScoreOutbox(activity_id=activity_id, user_id=user_id, payload=payload, next_attempt_at=utcnow())
+        due = max(utcnow(), not_before) if not_before else utcnow()
+        row = ScoreOutbox(activity_id=activity_id, user_id=user_id, payload=payload, next_attempt_at=due)
         session.add(row)
         session.commit()
         outbox_id = row.id
-    _enqueue(rt, outbox_id)
+    if due <= utcnow():
+        _enqueue(rt, outbox_id)
     return outbox_id
 
 

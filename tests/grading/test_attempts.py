@@ -447,6 +447,10 @@ def test_exam_mode_hides_results_from_learners_until_the_time(rt: Runtime, grade
     assert (instructor["score_given"], instructor["results_hidden_until"]) == (6, None)
     assert [c["state"] for c in instructor["checks"]] == ["passed", "passed", "failed"]
 
+    with rt.session() as session:  # the LMS gradebook gets the grade only when results are released
+        [held] = session.scalars(select(ScoreOutbox)).all()
+        assert (held.state, held.next_attempt_at, held.payload["scoreGiven"]) == ("pending", until, 6)
+
     clock[0] = until + timedelta(seconds=1)
     after = attempts.attempt_view(rt, attempt.id, as_instructor=False)
     assert (after["score_given"], after["results_hidden_until"], after["checks"][2]["state"]) == (6, None, "failed")
