@@ -91,3 +91,45 @@ def test_open_edx_grants_labdesks_token_and_receives_the_score(openedx: OpenEdxP
     with rt.session() as db:
         row = db.get(ScoreOutbox, outbox_id)
         assert row is not None and row.state == "sent" and row.payload["timestamp"] == received["timestamp"]
+
+
+def test_a_check_of_the_learners_lab_reaches_open_edx_as_their_score(openedx: OpenEdxPlatform, rt: Runtime, tmp_path: Path) -> None:
+    """Check my work, end to end into Open edX's consumer: the learner's lab runs (fake backend), its
+    check runs for real through the local grading hook against the lab's files, and the grade outbox
+    delivers the attempt's score to the platform's AGS endpoint."""
+    from broker import attempts, jobs
+    from broker.models import Image, ScoreOutbox
+    from lti.outbox import deliver
+
+    with rt.session() as db:  # the catalogue entry's check, as an imported image version embeds it
+        image = db.scalar(select(Image).where(Image.slug == "linux-desktop"))
+        image.spec = {"lab_user": {"name": "learner"}, "max_score": 10, "checks": [{
+            "id": "hello-file", "title": "Create ~/hello.txt", "weight": 1, "hint": "Write a line into ~/hello.txt.",
+            "script": (Path(__file__).resolve().parents[2] / "desktop-images/checks/hello-file.sh").read_text(),
+        }]}
+        db.commit()
+    response = openedx.launch(requests.Session(), user_id="edx-learner-3", resource_link_id="block-checked", role="student",
+                              custom_parameters={"lab": "linux-desktop"})
+    assert response.status_code == 200
+    with rt.session() as db:
+        lab = db.scalar(select(Lab))
+    for _ in range(20):  # the worker's job, run inline until the lab runs
+        jobs.advance_lab(lab.id, lab.state, 0)
+        with rt.session() as db:
+            lab = db.get(Lab, lab.id)
+        if lab.state == "running":
+            break
+    assert lab.state == "running", lab.message
+    (tmp_path / "fake" / "hello.txt").write_text("hello from the lab\n")  # the learner's work, in the lab's HOME
+
+    attempt_id = attempts.start_check(rt, lab.user_id, lab.id)
+    assert attempts.run_attempt(attempt_id) == "done"
+    with rt.session() as db:
+        [row] = db.scalars(select(ScoreOutbox)).all()
+    deliver(row.id)
+
+    received = openedx.scores()[-1]["score"]
+    assert received["userId"] == "edx-learner-3"
+    assert (received["scoreGiven"], received["scoreMaximum"]) == (10, 10)
+    assert (received["activityProgress"], received["gradingProgress"]) == ("Completed", "FullyGraded")
+    assert received["comment"] == "1 of 1 check passed"
