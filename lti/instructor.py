@@ -4,11 +4,14 @@ from the LMS's Names and Role Provisioning Service."""
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from flask import Blueprint, abort, redirect, render_template, request, session, url_for
 from sqlalchemy import select
 
 from broker import attempts, services
 from broker.models import Activity, CheckAttempt, Lab, Membership, User
+from broker.services import NotFound
 from lti import nrps
 from lti.roles import view_for
 from lti.service_token import ServiceError
@@ -24,11 +27,18 @@ def activity(activity_id: int):  # type: ignore[no-untyped-def]
         if found is None or found.course_id not in session.get("instructor_courses", []):
             abort(404)
         roster, roster_error = _roster(activity_id) if request.args.get("roster") else (None, "")
-        return render_template(
-            "lti/instructor.html", activity=found, rows=_rows(db, found), roster=roster, roster_error=roster_error,
-            newer=services.newer_image(db, found), updated=request.args.get("updated"),
-            grades=_grades(db, found), check_count=len((found.image.spec or {}).get("checks") or []),
-        )
+        return _page(db, found, roster=roster, roster_error=roster_error, grading_saved=bool(request.args.get("grading")))
+
+
+def _page(db, found: Activity, *, roster=None, roster_error: str = "", grading_saved: bool = False,  # type: ignore[no-untyped-def]
+          grading_form: dict[str, str] | None = None, grading_error: str = ""):
+    """The instructor view; `grading_form` (what was typed) and `grading_error` when a save was refused."""
+    return render_template(
+        "lti/instructor.html", activity=found, rows=_rows(db, found), roster=roster, roster_error=roster_error,
+        newer=services.newer_image(db, found), updated=request.args.get("updated"),
+        grades=_grades(db, found), check_count=len((found.image.spec or {}).get("checks") or []),
+        grading_form=grading_form or _grading_form(found), grading_error=grading_error, grading_saved=grading_saved,
+    )
 
 
 @instructor.get("/teach/attempts/<id:attempt_id>")
@@ -52,6 +62,59 @@ def update_image(activity_id: int):  # type: ignore[no-untyped-def]
             abort(404)
     version = services.update_activity_image(rt(), activity_id)
     return redirect(url_for("instructor.activity", activity_id=activity_id, updated=version or "current"))
+
+
+GRADING_FIELDS = ("grading_policy", "auto_check", "due_at", "hide_results_until")
+_DATE_LABELS = {"due_at": "The due date", "hide_results_until": "“Hide results until”"}
+
+
+@instructor.post("/teach/activities/<id:activity_id>/grading")
+def update_grading(activity_id: int):  # type: ignore[no-untyped-def]
+    """Change the activity's grading settings (`broker.attempts.set_grading`). Dates come from
+    datetime-local inputs and are UTC (the form says so); an empty date clears it. A field the form does
+    not send stays as it is. A refused value shows the page again with the message and what was typed."""
+    with rt().session() as db:
+        found = db.get(Activity, activity_id)
+        if found is None or found.course_id not in session.get("instructor_courses", []):
+            abort(404)
+    typed = {name: request.form[name].strip() for name in GRADING_FIELDS if name in request.form}
+    try:
+        changes: dict[str, object] = {name: typed[name] for name in ("grading_policy", "auto_check") if name in typed}
+        changes.update({name: _utc_input(name, typed[name]) for name in _DATE_LABELS if name in typed})
+        attempts.set_grading(rt(), activity_id, **changes)  # type: ignore[arg-type]
+    except NotFound:
+        abort(404)
+    except attempts.InvalidGrading as exc:
+        with rt().session() as db:
+            found = db.get(Activity, activity_id)
+            if found is None:
+                abort(404)
+            form = {**_grading_form(found), **typed}
+            return _page(db, found, grading_form=form, grading_error=str(exc)), 400
+    return redirect(url_for("instructor.activity", activity_id=activity_id, grading="saved") + "#grading-settings")
+
+
+def _utc_input(name: str, value: str) -> datetime | None:
+    """A datetime-local value ("2027-01-15T12:00"), read as UTC; empty is None (no date)."""
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        raise attempts.InvalidGrading(
+            f"{_DATE_LABELS[name]} must be a date and time such as 2027-01-15T12:00 (UTC); got {value!r}"
+        ) from None
+
+
+def _grading_form(activity: Activity) -> dict[str, str]:
+    """The activity's grading settings as the form's fields hold them (datetime-local, UTC)."""
+    def local(moment: datetime | None) -> str:
+        if moment is None:
+            return ""
+        return moment.strftime("%Y-%m-%dT%H:%M:%S" if moment.second else "%Y-%m-%dT%H:%M")
+
+    return {"grading_policy": activity.grading_policy, "auto_check": activity.auto_check,
+            "due_at": local(activity.due_at), "hide_results_until": local(activity.hide_results_until)}
 
 
 def _teaches(db, activity: Activity) -> bool:  # type: ignore[no-untyped-def]
