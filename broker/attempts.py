@@ -454,7 +454,7 @@ def set_grading(
         if hide_results_until is not _UNSET:
             activity.hide_results_until = _naive_utc(hide_results_until, "hide_results_until")
         if activity.auto_check == "at_deadline" and activity.due_at is None:
-            raise InvalidGrading("auto_check at_deadline needs a due date (due_at)")
+            raise InvalidGrading("Checks at the due date need a due date: set one, or choose another automatic check.")
         session.commit()
         return {"grading_policy": activity.grading_policy, "auto_check": activity.auto_check,
                 "due_at": activity.due_at, "hide_results_until": activity.hide_results_until}
