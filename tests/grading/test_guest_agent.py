@@ -155,6 +155,13 @@ def test_a_passing_check_runs_as_root_with_its_args_in_a_private_directory(guest
     assert 0 < outcome.seconds < 20
 
 
+def test_a_check_may_run_as_another_account(guest: Guest) -> None:
+    outcome = GuestAgentRunner().run(guest.target(user="lab"), check('id -un; echo "$1"; test -O "$0" && echo owner', "x y"))
+    assert outcome.error == ""
+    assert (outcome.exit_status, outcome.stdout) == (0, "lab\nx y\nowner\n")
+    assert "labdesk-check-" not in guest.exec("ls", "/tmp")[1]
+
+
 def test_the_domain_may_be_named_by_uuid(guest: Guest) -> None:
     outcome = GuestAgentRunner().run(guest.target(domain=guest.uuid), check("#!/bin/sh\necho ok\n"))
     assert (outcome.exit_status, outcome.stdout) == (0, "ok\n")
