@@ -23,8 +23,8 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Any, Sequence
+from datetime import timedelta
+from typing import Any
 
 from redis.exceptions import RedisError
 from rq import get_current_job
@@ -42,16 +42,14 @@ from broker.dispatch import JobRequest
 from broker.errors import ConfigError, ConnectorError, InvalidTransition, LabDeskError, ServiceUnavailable, UnknownBackend
 from broker.grading import CheckOutcome, CheckScript, runner_for
 from broker.lifecycle import LabState
-from broker.models import ACTIVE_ATTEMPT_STATES, Activity, CheckAttempt, Lab, LabEvent, User
+from broker.models import ACTIVE_ATTEMPT_STATES, Activity, CheckAttempt, Lab, LabEvent
 from broker.runtime import Runtime
-from broker.scores import record_score
+from broker.grades import deliver_grade
 from broker.services import NotFound
 
 log = logging.getLogger(__name__)
 S = LabState
 
-POLICIES = ("latest", "best", "first_passing")
-AUTO_CHECKS = ("none", "on_suspend", "at_deadline")
 TRIGGERS = ("learner", "suspend", "deadline", "instructor")
 ENQUEUE_GRACE = timedelta(seconds=60)  # a queued attempt whose job is not in Redis yet may be mid-enqueue
 FEEDBACK_LIMIT = 500
@@ -311,256 +309,6 @@ def _close(session: Session, attempt_id: int, state: str, **values: Any) -> str:
     )
     session.commit()
     return state
-
-
-# -- the grade -------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Scored:
-    """A finished attempt as the grading policy sees it."""
-
-    id: int
-    given: float
-    maximum: float
-    passed: int
-    total: int
-
-    @property
-    def all_passed(self) -> bool:
-        return self.total > 0 and self.passed == self.total
-
-
-def scored(attempt: CheckAttempt) -> Scored:
-    results = attempt.results or []
-    passed = sum(1 for r in results if r.get("state") == "passed")
-    return Scored(attempt.id, float(attempt.score_given or 0), float(attempt.score_maximum or 0), passed, len(results))
-
-
-def policy_choice(policy: str, history: Sequence[Scored]) -> Scored | None:
-    """The attempt whose score counts, among finished attempts oldest first.
-
-    latest: the newest. best: the highest share of its maximum (the newest of equals). first_passing:
-    the first with every check passed, once there is one; until then the newest.
-    """
-    if not history:
-        return None
-    if policy == "best":
-        best = history[0]
-        for item in history[1:]:
-            if _ratio(item) >= _ratio(best):
-                best = item
-        return best
-    if policy == "first_passing":
-        return next((item for item in history if item.all_passed), history[-1])
-    return history[-1]
-
-
-def _ratio(item: Scored) -> float:
-    return item.given / item.maximum if item.maximum else 0.0
-
-
-def deliver_grade(rt: Runtime, attempt_id: int) -> int | None:
-    """Send the learner's activity score to the LMS when this attempt changed it (the first always does);
-    returns the outbox id, or None when nothing was sent."""
-    with rt.session() as session:
-        attempt = session.get(CheckAttempt, attempt_id)
-        if attempt is None or attempt.state != "done":
-            return None
-        policy = attempt.activity.grading_policy
-        history = [scored(a) for a in _done_attempts(session, attempt.activity_id, attempt.user_id)]
-        ids = [item.id for item in history]
-        if attempt_id not in ids:
-            return None
-        before = history[: ids.index(attempt_id)]
-        now = policy_choice(policy, history[: ids.index(attempt_id) + 1])
-        then = policy_choice(policy, before)
-        assert now is not None
-        if then is not None and _grade(then) == _grade(now):
-            return None
-        activity_id, user_id = attempt.activity_id, attempt.user_id
-        held = attempt.activity.hide_results_until  # exam mode: the LMS gets it when results are released
-    return record_score(
-        rt, activity_id, user_id, now.given, now.maximum,
-        "Completed" if now.all_passed else "Submitted", "FullyGraded", _comment(now),
-        not_before=held if held and held > utcnow() else None,
-    )
-
-
-def _grade(item: Scored) -> tuple[float, float, bool]:
-    return (item.given, item.maximum, item.all_passed)
-
-
-def _comment(item: Scored) -> str:
-    return f"{item.passed} of {item.total} check{'' if item.total == 1 else 's'} passed"
-
-
-def _done_attempts(session: Session, activity_id: int, user_id: int) -> list[CheckAttempt]:
-    return list(session.scalars(
-        select(CheckAttempt)
-        .where(CheckAttempt.activity_id == activity_id, CheckAttempt.user_id == user_id, CheckAttempt.state == "done")
-        .order_by(CheckAttempt.created_at, CheckAttempt.id)
-    ))
-
-
-def current_score(rt: Runtime, activity_id: int, user_id: int) -> dict[str, Any] | None:
-    """The learner's score for the activity under its policy: attempt id, given, maximum, comment."""
-    with rt.session() as session:
-        activity = session.get(Activity, activity_id)
-        if activity is None:
-            raise NotFound(f"no activity {activity_id}")
-        chosen = policy_choice(activity.grading_policy, [scored(a) for a in _done_attempts(session, activity_id, user_id)])
-        return _score_dict(chosen)
-
-
-def _score_dict(chosen: Scored | None) -> dict[str, Any] | None:
-    if chosen is None:
-        return None
-    return {"attempt_id": chosen.id, "score_given": chosen.given, "score_maximum": chosen.maximum,
-            "all_passed": chosen.all_passed, "comment": _comment(chosen)}
-
-
-# -- an activity's grading settings ----------------------------------------------------------------------
-class InvalidGrading(LabDeskError, ValueError):
-    """A grading setting cannot be stored as given; the message names the setting and the reason."""
-
-
-_UNSET: Any = object()
-
-
-def set_grading(
-    rt: Runtime,
-    activity_id: int,
-    *,
-    grading_policy: str | None = None,
-    auto_check: str | None = None,
-    due_at: datetime | None = _UNSET,
-    hide_results_until: datetime | None = _UNSET,
-) -> dict[str, Any]:
-    """Change an activity's grading settings (the instructor view, deep linking); what is not given stays.
-    Times may be aware (converted to UTC) or naive UTC; None clears them. Returns the settings now."""
-    if grading_policy is not None and grading_policy not in POLICIES:
-        raise InvalidGrading(f"grading_policy must be one of {', '.join(POLICIES)}; got {grading_policy!r}")
-    if auto_check is not None and auto_check not in AUTO_CHECKS:
-        raise InvalidGrading(f"auto_check must be one of {', '.join(AUTO_CHECKS)}; got {auto_check!r}")
-    with rt.session() as session:
-        activity = session.get(Activity, activity_id)
-        if activity is None:
-            raise NotFound(f"no activity {activity_id}")
-        if grading_policy is not None:
-            activity.grading_policy = grading_policy
-        if auto_check is not None:
-            activity.auto_check = auto_check
-        if due_at is not _UNSET:
-            activity.due_at = _naive_utc(due_at, "due_at")
-        if hide_results_until is not _UNSET:
-            activity.hide_results_until = _naive_utc(hide_results_until, "hide_results_until")
-        if activity.auto_check == "at_deadline" and activity.due_at is None:
-            raise InvalidGrading("Checks at the due date need a due date: set one, or choose another automatic check.")
-        session.commit()
-        return {"grading_policy": activity.grading_policy, "auto_check": activity.auto_check,
-                "due_at": activity.due_at, "hide_results_until": activity.hide_results_until}
-
-
-def _naive_utc(moment: datetime | None, name: str) -> datetime | None:
-    if moment is None:
-        return None
-    if not isinstance(moment, datetime):
-        raise InvalidGrading(f"{name} must be a date and time, got {moment!r}")
-    if moment.tzinfo is not None:
-        return moment.astimezone(UTC).replace(tzinfo=None)
-    return moment
-
-
-# -- what the pages show ---------------------------------------------------------------------------------
-def attempt_view(rt: Runtime, attempt_id: int, as_instructor: bool, *, user_id: int | None = None) -> dict[str, Any]:
-    """An attempt as JSON for the lab page (polled while it runs) and the instructor view.
-
-    With `user_id`, an attempt on another user's lab is NotFound (unless `as_instructor`). In exam mode
-    (the activity's `hide_results_until` is in the future) a learner sees only the attempt's state and
-    which checks have run ("pending", "running", "done"): no pass or fail, feedback, hints or score, and
-    `results_hidden_until` says until when. Instructors always see everything.
-    """
-    with rt.session() as session:
-        attempt = session.get(CheckAttempt, attempt_id)
-        if attempt is None or (user_id is not None and attempt.user_id != user_id and not as_instructor):
-            raise NotFound(f"no check attempt {attempt_id}")
-        hide_until = attempt.activity.hide_results_until
-        hidden = not as_instructor and hide_until is not None and hide_until > utcnow()
-        results = attempt.results or []
-        view: dict[str, Any] = {
-            "id": attempt.id,
-            "lab_id": attempt.lab_id,
-            "state": attempt.state,
-            "finished": attempt.state not in ACTIVE_ATTEMPT_STATES,
-            "trigger": attempt.trigger,
-            "created_at": _time(attempt.created_at),
-            "finished_at": _time(attempt.finished_at),
-            "error": attempt.error,
-            "results_hidden_until": _time(hide_until) if hidden else None,
-        }
-        if hidden:
-            view.update(score_given=None, score_maximum=None, passed=None, total=len(results), checks=[
-                {"id": r.get("id"), "title": r.get("title"), "state": _progress_only(r.get("state", "pending"))} for r in results
-            ])
-            return view
-        view.update(
-            score_given=attempt.score_given,
-            score_maximum=attempt.score_maximum,
-            passed=sum(1 for r in results if r.get("state") == "passed"),
-            total=len(results),
-            checks=[
-                {key: r.get(key) for key in ("id", "title", "host", "weight", "state", "feedback", "hint", "timed_out", "seconds")}
-                for r in results
-            ],
-        )
-        return view
-
-
-def _progress_only(state: str) -> str:
-    return state if state in ("pending", "running") else "done"
-
-
-def latest_attempt_id(rt: Runtime, lab_id: int) -> int | None:
-    """The lab's newest attempt, if any (the lab page shows it on load)."""
-    with rt.session() as session:
-        return session.scalar(
-            select(CheckAttempt.id).where(CheckAttempt.lab_id == lab_id).order_by(CheckAttempt.created_at.desc(), CheckAttempt.id.desc()).limit(1)
-        )
-
-
-def activity_attempts(rt: Runtime, activity_id: int) -> list[dict[str, Any]]:
-    """Every learner with attempts on the activity, by name: their attempts (newest first) and the
-    score that counts under the activity's policy (`score`, None while no attempt has finished)."""
-    with rt.session() as session:
-        activity = session.get(Activity, activity_id)
-        if activity is None:
-            raise NotFound(f"no activity {activity_id}")
-        rows = session.execute(
-            select(CheckAttempt, User)
-            .join(User, CheckAttempt.user_id == User.id)
-            .where(CheckAttempt.activity_id == activity_id)
-            .order_by(CheckAttempt.created_at, CheckAttempt.id)
-        ).all()
-        learners: dict[int, dict[str, Any]] = {}
-        done: dict[int, list[Scored]] = {}
-        for attempt, user in rows:
-            entry = learners.setdefault(user.id, {"user_id": user.id, "name": user.name or user.subject, "attempts": []})
-            results = attempt.results or []
-            entry["attempts"].insert(0, {
-                "id": attempt.id, "lab_id": attempt.lab_id, "state": attempt.state, "trigger": attempt.trigger,
-                "score_given": attempt.score_given, "score_maximum": attempt.score_maximum,
-                "passed": sum(1 for r in results if r.get("state") == "passed"), "total": len(results),
-                "created_at": _time(attempt.created_at), "finished_at": _time(attempt.finished_at), "error": attempt.error,
-            })
-            if attempt.state == "done":
-                done.setdefault(user.id, []).append(scored(attempt))
-        for uid, entry in learners.items():
-            entry["score"] = _score_dict(policy_choice(activity.grading_policy, done.get(uid, [])))
-        return sorted(learners.values(), key=lambda e: (e["name"].lower(), e["user_id"]))
-
-
-def _time(moment: datetime | None) -> str | None:
-    """Naive UTC as ISO 8601 with its zone, so a browser reads it right."""
-    return None if moment is None else moment.isoformat(timespec="seconds") + "Z"
 
 
 # -- automatic checks ------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from datetime import datetime
 from flask import Blueprint, abort, redirect, render_template, request, session, url_for
 from sqlalchemy import select
 
-from broker import attempts, services
+from broker import attempt_views, grading_settings, services
 from broker.models import Activity, CheckAttempt, Lab, Membership, User
 from broker.services import NotFound
 from lti import nrps
@@ -49,7 +49,7 @@ def attempt(attempt_id: int):  # type: ignore[no-untyped-def]
         if found is None or not _teaches(db, found.activity):
             abort(404)
         activity, learner = found.activity, found.user.name or found.user.subject
-        view = attempts.attempt_view(rt(), attempt_id, as_instructor=True)
+        view = attempt_views.attempt_view(rt(), attempt_id, as_instructor=True)
         return render_template("lti/attempt.html", activity=activity, learner=learner, attempt=view)
 
 
@@ -70,7 +70,7 @@ _DATE_LABELS = {"due_at": "The due date", "hide_results_until": "“Hide results
 
 @instructor.post("/teach/activities/<id:activity_id>/grading")
 def update_grading(activity_id: int):  # type: ignore[no-untyped-def]
-    """Change the activity's grading settings (`broker.attempts.set_grading`). Dates come from
+    """Change the activity's grading settings (`broker.grading_settings.set_grading`). Dates come from
     datetime-local inputs and are UTC (the form says so); an empty date clears it. A field the form does
     not send stays as it is. A refused value shows the page again with the message and what was typed."""
     with rt().session() as db:
@@ -81,10 +81,10 @@ def update_grading(activity_id: int):  # type: ignore[no-untyped-def]
     try:
         changes: dict[str, object] = {name: typed[name] for name in ("grading_policy", "auto_check") if name in typed}
         changes.update({name: _utc_input(name, typed[name]) for name in _DATE_LABELS if name in typed})
-        attempts.set_grading(rt(), activity_id, **changes)  # type: ignore[arg-type]
+        grading_settings.set_grading(rt(), activity_id, **changes)  # type: ignore[arg-type]
     except NotFound:
         abort(404)
-    except attempts.InvalidGrading as exc:
+    except grading_settings.InvalidGrading as exc:
         with rt().session() as db:
             found = db.get(Activity, activity_id)
             if found is None:
@@ -101,7 +101,7 @@ def _utc_input(name: str, value: str) -> datetime | None:
     try:
         return datetime.fromisoformat(value)
     except ValueError:
-        raise attempts.InvalidGrading(
+        raise grading_settings.InvalidGrading(
             f"{_DATE_LABELS[name]} must be a date and time such as 2027-01-15T12:00 (UTC); got {value!r}"
         ) from None
 
@@ -124,7 +124,7 @@ def _teaches(db, activity: Activity) -> bool:  # type: ignore[no-untyped-def]
 def _grades(db, activity: Activity) -> list[dict[str, object]]:  # type: ignore[no-untyped-def]
     """Every learner's attempts and current score (`broker.attempts`), then the course's learners who have
     not checked their work yet, with no attempts."""
-    graded = attempts.activity_attempts(rt(), activity.id)
+    graded = attempt_views.activity_attempts(rt(), activity.id)
     seen = {row["user_id"] for row in graded}
     waiting = db.execute(
         select(User).join(Membership, Membership.user_id == User.id)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from flask import Blueprint, jsonify, url_for
 from sqlalchemy.orm import Session
 
-from broker import attempts, services
+from broker import attempt_views, attempts, services
 from broker.errors import ConnectorError, InvalidTransition, LabDeskError, ServiceUnavailable
 from broker.models import CheckAttempt, Lab
 from web.api import teaches
@@ -44,7 +44,7 @@ def start(lab_id: int):  # type: ignore[no-untyped-def]
         raise  # a 503 page: nothing was started, try again later
     except LabDeskError as exc:
         return _error(400, _sentence(exc))
-    return jsonify(attempt=_with_url(attempts.attempt_view(rt(), attempt_id, as_instructor=False))), 202
+    return jsonify(attempt=_with_url(attempt_views.attempt_view(rt(), attempt_id, as_instructor=False))), 202
 
 
 @checks.get("/attempts/<id:attempt_id>")
@@ -66,7 +66,7 @@ def latest(lab_id: int):  # type: ignore[no-untyped-def]
         viewer = _viewer(db, lab, lab.user_id if lab is not None else None)
     if viewer is None:
         return _error(404, NOT_YOURS)
-    attempt_id = attempts.latest_attempt_id(rt(), lab_id)
+    attempt_id = attempt_views.latest_attempt_id(rt(), lab_id)
     if attempt_id is None:
         return _error(404, NO_ATTEMPT)
     return _view(attempt_id, viewer)
@@ -85,7 +85,7 @@ def _viewer(db: Session, lab: Lab | None, owner_id: int | None) -> str | None:
 
 def _view(attempt_id: int, viewer: str):  # type: ignore[no-untyped-def]
     try:
-        view = attempts.attempt_view(rt(), attempt_id, as_instructor=viewer == "instructor")
+        view = attempt_views.attempt_view(rt(), attempt_id, as_instructor=viewer == "instructor")
     except services.NotFound:
         return _error(404, UNKNOWN_ATTEMPT)
     return jsonify(_with_url(view))

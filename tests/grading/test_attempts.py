@@ -17,8 +17,9 @@ from rq import Queue
 from rq.cron import CronScheduler
 from sqlalchemy import select
 
-from broker import attempts, grading, runtime, schedule, services
-from broker.attempts import NotGradable, Scored, policy_choice
+from broker import attempt_views, attempts, grades, grading, grading_settings, runtime, schedule, services
+from broker.attempts import NotGradable
+from broker.grades import Scored, policy_choice
 from broker.catalogue import load
 from broker.clock import set_clock, utcnow
 from broker.connector import LabSpec
@@ -148,7 +149,7 @@ def test_which_attempt_counts(policy: str, upto: int, chosen: int) -> None:
 
 
 def test_no_finished_attempt_counts_for_nothing() -> None:
-    assert all(policy_choice(policy, []) is None for policy in attempts.POLICIES)
+    assert all(policy_choice(policy, []) is None for policy in grades.POLICIES)
     assert policy_choice("best", [item(1, 3, 1, maximum=10), item(2, 2, 1, maximum=4)]).id == 2  # by share of the maximum
 
 
@@ -269,7 +270,7 @@ def done_attempt(rt: Runtime, world: World, lab_id: int, passed: list[bool], use
         session.add(row)
         session.commit()
         attempt_id = row.id
-    attempts.deliver_grade(rt, attempt_id)
+    grades.deliver_grade(rt, attempt_id)
     return attempt_id
 
 
@@ -289,7 +290,7 @@ def test_the_gradebook_gets_the_policy_score_when_it_changes(rt: Runtime, graded
     for passed in ([True, False, False], [True, True, True], [True, True, False], [True, True, True], [False, False, False]):
         done_attempt(rt, graded, lab_id, passed)
     assert sent(rt) == expected
-    assert attempts.current_score(rt, graded.activity_id, graded.user_id)["score_given"] == expected[-1][0]
+    assert grades.current_score(rt, graded.activity_id, graded.user_id)["score_given"] == expected[-1][0]
 
 
 def test_first_passing_follows_the_latest_until_one_passes(rt: Runtime, graded: World, fake_dir: Path) -> None:
@@ -386,19 +387,19 @@ def test_an_activity_s_grading_settings(rt: Runtime, graded: World) -> None:
     from datetime import timezone
 
     paris_noon = datetime(2027, 1, 15, 12, 0, tzinfo=timezone(timedelta(hours=1)))
-    assert attempts.set_grading(rt, graded.activity_id, grading_policy="best", auto_check="at_deadline", due_at=paris_noon) == {
+    assert grading_settings.set_grading(rt, graded.activity_id, grading_policy="best", auto_check="at_deadline", due_at=paris_noon) == {
         "grading_policy": "best", "auto_check": "at_deadline", "due_at": datetime(2027, 1, 15, 11, 0), "hide_results_until": None}
-    now = attempts.set_grading(rt, graded.activity_id, hide_results_until=datetime(2027, 1, 16))
+    now = grading_settings.set_grading(rt, graded.activity_id, hide_results_until=datetime(2027, 1, 16))
     assert (now["grading_policy"], now["due_at"], now["hide_results_until"]) == ("best", datetime(2027, 1, 15, 11, 0), datetime(2027, 1, 16))
-    with pytest.raises(attempts.InvalidGrading, match="^grading_policy must be one of latest, best, first_passing; got 'worst'$"):
-        attempts.set_grading(rt, graded.activity_id, grading_policy="worst")
-    with pytest.raises(attempts.InvalidGrading, match="^auto_check must be one of none, on_suspend, at_deadline; got 'hourly'$"):
-        attempts.set_grading(rt, graded.activity_id, auto_check="hourly")
-    with pytest.raises(attempts.InvalidGrading, match=r"^Checks at the due date need a due date: set one, or choose another automatic check\.$"):
-        attempts.set_grading(rt, graded.activity_id, due_at=None)
-    assert attempts.set_grading(rt, graded.activity_id, auto_check="none", due_at=None, hide_results_until=None)["due_at"] is None
+    with pytest.raises(grading_settings.InvalidGrading, match="^grading_policy must be one of latest, best, first_passing; got 'worst'$"):
+        grading_settings.set_grading(rt, graded.activity_id, grading_policy="worst")
+    with pytest.raises(grading_settings.InvalidGrading, match="^auto_check must be one of none, on_suspend, at_deadline; got 'hourly'$"):
+        grading_settings.set_grading(rt, graded.activity_id, auto_check="hourly")
+    with pytest.raises(grading_settings.InvalidGrading, match=r"^Checks at the due date need a due date: set one, or choose another automatic check\.$"):
+        grading_settings.set_grading(rt, graded.activity_id, due_at=None)
+    assert grading_settings.set_grading(rt, graded.activity_id, auto_check="none", due_at=None, hide_results_until=None)["due_at"] is None
     with pytest.raises(NotFound):
-        attempts.set_grading(rt, 999, grading_policy="latest")
+        grading_settings.set_grading(rt, 999, grading_policy="latest")
 
 
 # -- what the pages get ----------------------------------------------------------------------------------
@@ -406,7 +407,7 @@ def test_the_view_of_an_attempt(rt: Runtime, graded: World, fake_dir: Path) -> N
     lab_id = running_lab(rt, graded, fake_dir)
     do_the_work(fake_dir, tool=False)
     attempt = run_now(rt, graded, lab_id)
-    view = attempts.attempt_view(rt, attempt.id, as_instructor=False, user_id=graded.user_id)
+    view = attempt_views.attempt_view(rt, attempt.id, as_instructor=False, user_id=graded.user_id)
     assert {k: view[k] for k in ("id", "lab_id", "state", "finished", "trigger", "score_given", "score_maximum", "passed", "total", "error", "results_hidden_until")} == {
         "id": attempt.id, "lab_id": lab_id, "state": "done", "finished": True, "trigger": "learner", "score_given": 6,
         "score_maximum": 8, "passed": 2, "total": 3, "error": "", "results_hidden_until": None}
@@ -414,11 +415,11 @@ def test_the_view_of_an_attempt(rt: Runtime, graded: World, fake_dir: Path) -> N
     assert [(c["id"], c["title"], c["state"]) for c in view["checks"]] == [
         ("hello-file", "Create ~/hello.txt", "passed"), ("notes", "Write done in ~/notes.txt", "passed"), ("tool", "Install ~/bin/tool", "failed")]
     assert set(view["checks"][2]) == {"id", "title", "host", "weight", "state", "feedback", "hint", "timed_out", "seconds"}
-    assert attempts.latest_attempt_id(rt, lab_id) == attempt.id and attempts.latest_attempt_id(rt, 999) is None
+    assert attempt_views.latest_attempt_id(rt, lab_id) == attempt.id and attempt_views.latest_attempt_id(rt, 999) is None
     with pytest.raises(NotFound):
-        attempts.attempt_view(rt, attempt.id, as_instructor=False, user_id=add_learner(rt, "nosy"))
+        attempt_views.attempt_view(rt, attempt.id, as_instructor=False, user_id=add_learner(rt, "nosy"))
     with pytest.raises(NotFound):
-        attempts.attempt_view(rt, 999, as_instructor=True)
+        attempt_views.attempt_view(rt, 999, as_instructor=True)
 
 
 @pytest.fixture
@@ -435,7 +436,7 @@ def test_exam_mode_hides_results_from_learners_until_the_time(rt: Runtime, grade
     do_the_work(fake_dir, tool=False)
     attempt = run_now(rt, graded, running_lab(rt, graded, fake_dir))
 
-    learner = attempts.attempt_view(rt, attempt.id, as_instructor=False)
+    learner = attempt_views.attempt_view(rt, attempt.id, as_instructor=False)
     assert learner["results_hidden_until"] == until.isoformat(timespec="seconds") + "Z"
     assert (learner["state"], learner["score_given"], learner["score_maximum"], learner["passed"], learner["total"]) == ("done", None, None, None, 3)
     assert learner["checks"] == [{"id": "hello-file", "title": "Create ~/hello.txt", "state": "done"},
@@ -443,7 +444,7 @@ def test_exam_mode_hides_results_from_learners_until_the_time(rt: Runtime, grade
                                  {"id": "tool", "title": "Install ~/bin/tool", "state": "done"}]
     assert "failed" not in repr(learner) and "No such file" not in repr(learner) and "feedback" not in repr(learner)
 
-    instructor = attempts.attempt_view(rt, attempt.id, as_instructor=True)
+    instructor = attempt_views.attempt_view(rt, attempt.id, as_instructor=True)
     assert (instructor["score_given"], instructor["results_hidden_until"]) == (6, None)
     assert [c["state"] for c in instructor["checks"]] == ["passed", "passed", "failed"]
 
@@ -452,7 +453,7 @@ def test_exam_mode_hides_results_from_learners_until_the_time(rt: Runtime, grade
         assert (held.state, held.next_attempt_at, held.payload["scoreGiven"]) == ("pending", until, 6)
 
     clock[0] = until + timedelta(seconds=1)
-    after = attempts.attempt_view(rt, attempt.id, as_instructor=False)
+    after = attempt_views.attempt_view(rt, attempt.id, as_instructor=False)
     assert (after["score_given"], after["results_hidden_until"], after["checks"][2]["state"]) == (6, None, "failed")
 
 
@@ -462,8 +463,8 @@ def test_exam_mode_shows_which_checks_have_run(rt: Runtime, graded: World, fake_
 
     class Peeking(ScriptedRunner):
         def run(self, target: CheckTarget, check: CheckScript) -> CheckOutcome:
-            attempt_id = attempts.latest_attempt_id(runtime.current(), target_lab[0])
-            views.append([c["state"] for c in attempts.attempt_view(runtime.current(), attempt_id, as_instructor=False)["checks"]])
+            attempt_id = attempt_views.latest_attempt_id(runtime.current(), target_lab[0])
+            views.append([c["state"] for c in attempt_views.attempt_view(runtime.current(), attempt_id, as_instructor=False)["checks"]])
             return CheckOutcome(1 if check.id == "notes" else 0)
 
     target_lab = [running_lab(rt, graded, fake_dir)]
@@ -482,15 +483,15 @@ def test_the_instructor_sees_every_learners_attempts_and_score(rt: Runtime, grad
     b1 = done_attempt(rt, graded, ann_lab, [False, True, False], user_id=ann)
     queued = attempts.start_check(rt, ann, ann_lab)
 
-    board = attempts.activity_attempts(rt, graded.activity_id)
+    board = attempt_views.activity_attempts(rt, graded.activity_id)
     assert [(e["name"], [a["id"] for a in e["attempts"]]) for e in board] == [("Ann", [queued, b1]), ("learner-1", [a2, a1])]
     ann_entry, first_entry = board
     assert first_entry["score"] == {"attempt_id": a1, "score_given": 8.0, "score_maximum": 8.0, "all_passed": True, "comment": "3 of 3 checks passed"}
     assert ann_entry["score"]["score_given"] == 2.0 and ann_entry["attempts"][0]["state"] == "queued"
     assert (first_entry["attempts"][0]["passed"], first_entry["attempts"][0]["total"], first_entry["attempts"][0]["score_given"]) == (1, 3, 4.0)
-    assert attempts.activity_attempts(rt, graded.activity_id)[1]["user_id"] == graded.user_id
+    assert attempt_views.activity_attempts(rt, graded.activity_id)[1]["user_id"] == graded.user_id
     with pytest.raises(NotFound):
-        attempts.activity_attempts(rt, 999)
+        attempt_views.activity_attempts(rt, 999)
 
 
 # -- automatic checks ------------------------------------------------------------------------------------
