@@ -4,9 +4,8 @@ A learner (or an instructor, the suspend job, the deadline sweep) starts an atte
 one row in `check_attempts`, every check "pending", and one rq job (`check-<attempt id>`) on the lab's
 backend queue. The job, `run_attempt`, asks the connector where checks can run (`check_targets`), runs
 each check there through its grading hook (`broker.grading`), commits each result as it comes (the lab
-page shows the progress), scores the attempt (`broker.checks.score_of`) and then delivers the grade:
-the activity's policy (latest, best or first passing) over the learner's finished attempts gives the
-score, and when that changed it goes to the LMS through the grade outbox (`broker.scores`).
+page shows the progress), scores the attempt (`broker.checks.score_of`) and then hands it to
+`broker.grades`, which applies the activity's policy and sends a changed grade to the LMS.
 
 At most one attempt per lab is under way (queued or running): a partial unique index enforces it, and a
 second "Check my work" gets the attempt already under way. An attempt whose job died (worker killed) is
@@ -15,7 +14,7 @@ noticed by its job's status in rq and closed as an error, so it never blocks the
 Automatic checks: an activity with `auto_check = "on_suspend"` has its checks run inside the suspend job,
 before the backend is asked to suspend (`check_before_suspend`, called by `broker.jobs`); one with
 `"at_deadline"` gets a "deadline" attempt for every running lab once `due_at` has passed (`check_due`,
-a periodic sweep). Exam mode (`hide_results_until`) hides results from learners in `attempt_view`.
+a periodic sweep). Exam mode (`hide_results_until`) hides results from learners in `broker.attempt_views`.
 """
 
 from __future__ import annotations
