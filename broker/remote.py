@@ -120,7 +120,7 @@ class _AcceptUnknownHostKey(paramiko.MissingHostKeyPolicy):
         log.debug("ssh %s: accepting host key %s %s", hostname, key.get_name(), key.fingerprint)
 
 
-class _Capped:
+class CappedOutput:
     """At most `limit` bytes of one stream; counts what it drops."""
 
     def __init__(self, limit: int) -> None:
@@ -252,7 +252,7 @@ def _run(
     output_limit: int,
 ) -> ScriptResult:
     started = time.monotonic()
-    stdout, stderr = _Capped(output_limit), _Capped(output_limit)
+    stdout, stderr = CappedOutput(output_limit), CappedOutput(output_limit)
     channel = client.get_transport().open_session(timeout=max(deadline - started, 0.1))
     try:
         channel.exec_command(command.line)
@@ -294,7 +294,7 @@ def _send(channel: paramiko.Channel, data: bytes, deadline: float) -> bool:
     return True
 
 
-def _collect(channel: paramiko.Channel, stdout: _Capped, stderr: _Capped, deadline: float) -> bool:
+def _collect(channel: paramiko.Channel, stdout: CappedOutput, stderr: CappedOutput, deadline: float) -> bool:
     """Read both streams until the command is over; False if the deadline passed first.
 
     Over means: the exit status came and the output ended, or the exit status came and `EXIT_LINGER`
@@ -315,7 +315,7 @@ def _collect(channel: paramiko.Channel, stdout: _Capped, stderr: _Capped, deadli
             _wait(channel, min(deadline - now, 0.2))
 
 
-def _read_ready(channel: paramiko.Channel, stdout: _Capped, stderr: _Capped) -> bool:
+def _read_ready(channel: paramiko.Channel, stdout: CappedOutput, stderr: CappedOutput) -> bool:
     got = False
     if channel.recv_ready():
         stdout.add(channel.recv(CHUNK))
@@ -335,7 +335,7 @@ def _wait(channel: paramiko.Channel, seconds: float) -> None:
 
 
 def _stop(
-    client: paramiko.SSHClient, channel: paramiko.Channel, stdout: _Capped, stderr: _Capped, token: str | None
+    client: paramiko.SSHClient, channel: paramiko.Channel, stdout: CappedOutput, stderr: CappedOutput, token: str | None
 ) -> None:
     """The time-out expired: SIGTERM the script, SIGKILL it after KILL_GRACE, remove the copy if need be."""
     _signal(channel, "TERM")

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Callable, ClassVar
 
 from broker.grading import CheckOutcome, CheckScript, CheckTarget
+from broker.remote import CappedOutput  # the same output cap as the SSH hook
 
 KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL once the time-out expired
 DRAIN = 2.0  # seconds to wait for the end of the output once the script's group is gone
@@ -94,29 +95,12 @@ def _environment(home: str) -> dict[str, str]:
     }
 
 
-class _Capped:
-    """At most `limit` bytes of one stream; counts what it drops."""
-
-    def __init__(self, limit: int) -> None:
-        self.data = bytearray()
-        self.limit = limit
-        self.dropped = 0
-
-    def add(self, chunk: bytes) -> None:
-        room = max(self.limit - len(self.data), 0)
-        self.data += chunk[:room]
-        self.dropped += max(len(chunk) - room, 0)
-
-    def text(self) -> str:
-        return self.data.decode("utf-8", errors="replace")
-
-
 def _supervise(
     process: subprocess.Popen[bytes], deadline: float, limit: int
 ) -> tuple[int | None, str, str, bool, bool]:
     """Read both outputs until the script exits or the deadline passes; stop it and its group."""
     assert process.stdout is not None and process.stderr is not None
-    streams = _Streams({process.stdout.fileno(): _Capped(limit), process.stderr.fileno(): _Capped(limit)}, process.pid)
+    streams = _Streams({process.stdout.fileno(): CappedOutput(limit), process.stderr.fileno(): CappedOutput(limit)}, process.pid)
     pgid = process.pid  # the script leads its own group (start_new_session)
     exited = lambda: _has_exited(process.pid)  # noqa: E731
     try:
@@ -142,7 +126,7 @@ def _supervise(
 class _Streams:
     """The script's two output pipes, read as data arrives; also woken by the script's exit (a pidfd)."""
 
-    def __init__(self, captured: dict[int, _Capped], pid: int) -> None:
+    def __init__(self, captured: dict[int, CappedOutput], pid: int) -> None:
         self.captured = captured
         self.selector = selectors.DefaultSelector()
         for fd in captured:

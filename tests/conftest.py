@@ -29,6 +29,7 @@ from tests.support.services import (
     require_redis,
 )
 from tests.support.http import free_port
+from tests.support.sshd import Sshd, sshd_unavailable_reason
 from tests.support.workers import WorkerPool
 from tests.support.world import World, make_world
 
@@ -135,3 +136,13 @@ def workers(settings: Settings, tmp_path: Path) -> Iterator[WorkerPool]:
     pool = WorkerPool(settings, tmp_path)
     yield pool
     pool.stop()
+
+
+@pytest.fixture(scope="session")
+def sshd() -> Iterator[Sshd]:
+    """A real OpenSSH server (tests/support/sshd.py) on 127.0.0.1; add throwaway users with `sshd.add_user(public_key=…)`."""
+    reason = sshd_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    with Sshd() as server:
+        yield server

@@ -22,20 +22,12 @@ import pytest
 
 from broker.grading import CheckTarget
 from broker.remote import SshTarget
-from tests.support.sshd import Sshd, generate_key_pair, sshd_unavailable_reason
+from tests.support.sshd import Sshd, generate_key_pair
 
 REPO = Path(__file__).resolve().parents[2]
 GRADER_RUN = REPO / "desktop-images/recipes/debian-lab/files/grader-run"
 
 
-@pytest.fixture(scope="session")
-def sshd() -> Iterator[Sshd]:
-    """A real OpenSSH server on 127.0.0.1; add throwaway users with `sshd.add_user(public_key=…)`."""
-    reason = sshd_unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    with Sshd() as server:
-        yield server
 
 
 @dataclass

@@ -2,7 +2,7 @@
 // presence signals (keepalive, leave) the broker uses to suspend labs nobody is looking at.
 
 /** The outcome of one JSON call: `ok`, the HTTP `status` (0 when the network failed) and the `body`. */
-async function outcome(request) {
+export async function outcome(request) {
   let response;
   try {
     response = await request;

@@ -4,7 +4,7 @@
 // each failed one, and the score. In exam mode the results stay hidden until a date. On load the page
 // shows the lab's latest attempt; an instructor watching a lab sees it too, without the button.
 
-import { explain } from "./lab-api.js";
+import { explain, outcome } from "./lab-api.js";
 import { setText } from "./lab-progress.js";
 
 const POLL_MS = 1000;
@@ -18,22 +18,6 @@ const MARKS = {
   running: { icon: "…", spoken: "Checking now" },
   pending: { icon: "·", spoken: "Waiting" },
 };
-
-async function outcome(request) {
-  let response;
-  try {
-    response = await request;
-  } catch (error) {
-    return { ok: false, status: 0, body: { error: "LabDesk cannot be reached. Check your network connection." } };
-  }
-  let body = {};
-  try {
-    body = await response.json();
-  } catch (error) {
-    body = {};
-  }
-  return { ok: response.ok, status: response.status, body };
-}
 
 /** A number as people write scores: 7, 7.5, 6.67 (never 7.000000001). */
 export function formatNumber(value) {
