@@ -99,8 +99,10 @@ def _checked_numbers(given: float, maximum: float) -> tuple[float, float]:
 
 
 def _plain(value: float) -> float:
-    """An int stays an int ("7", not "7.0", in the JSON); a Decimal or Fraction becomes a float."""
-    return value if isinstance(value, int) else float(value)
+    """A whole number is sent as an int ("7", not "7.0", in the JSON, which some gradebooks show as is);
+    anything else (a Decimal, a Fraction) as a float."""
+    number = float(value)
+    return int(number) if number.is_integer() else number
 
 
 def _check_vocabulary(name: str, value: str, allowed: tuple[str, ...]) -> None:

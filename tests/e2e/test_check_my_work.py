@@ -229,7 +229,7 @@ def test_a_learner_checks_their_work_sees_the_hint_then_the_score_in_the_gradebo
     status = frame.get_by_role("status").filter(has_text="check passed")
     status.wait_for(timeout=30000)
     assert frame.locator("#check-status").inner_text() == "0 of 1 check passed."
-    assert "Score: 0 of 1" in status.inner_text(), "the live region reads the score too"
+    assert "Score: 0 of 10" in status.inner_text(), "the live region reads the score too"
     seen = statuses(frame)
     assert any(s.startswith(("Waiting for the check to start", "Checking 1 of 1")) for s in seen), f"no progress was shown: {seen}"
     failed = frame.locator("#check-list li").first
@@ -238,7 +238,7 @@ def test_a_learner_checks_their_work_sees_the_hint_then_the_score_in_the_gradebo
     assert failed.locator(".check-title").inner_text() == "Create ~/hello.txt"
     assert failed.locator(".check-feedback").inner_text() == "~/hello.txt is missing or empty."
     assert failed.locator(".check-hint").inner_text() == f"Hint: {hint}"
-    assert frame.locator("#check-score").inner_text() == "Score: 0 of 1"
+    assert frame.locator("#check-score").inner_text() == "Score: 0 of 10"
     assert button.is_enabled(), "the button is offered again once the attempt is done"
     page.screenshot(path=str(tmp_path / "check-failed.png"), full_page=True)
 
@@ -255,7 +255,7 @@ def test_a_learner_checks_their_work_sees_the_hint_then_the_score_in_the_gradebo
     assert passed.locator(".check-icon").inner_text() == "✓"
     assert passed.locator(".check-feedback").inner_text() == "Found ~/hello.txt."
     assert passed.locator(".check-hint").count() == 0, "no hint for a passed check"
-    assert frame.locator("#check-score").inner_text() == "Score: 1 of 1"
+    assert frame.locator("#check-score").inner_text() == "Score: 10 of 10"
     page.screenshot(path=str(tmp_path / "check-passed.png"), full_page=True)
 
     # Opened again, the lab page shows the latest attempt at once.
@@ -268,7 +268,7 @@ def test_a_learner_checks_their_work_sees_the_hint_then_the_score_in_the_gradebo
 
     with rt.session() as db:
         attempts = db.scalars(select(CheckAttempt).where(CheckAttempt.lab_id == lab_id).order_by(CheckAttempt.id)).all()
-        assert [(a.state, a.trigger, a.score_given) for a in attempts] == [("done", "learner", 0), ("done", "learner", 1)]
+        assert [(a.state, a.trigger, a.score_given) for a in attempts] == [("done", "learner", 0), ("done", "learner", 10)]
 
     # The instructor sees Ada's score and both attempts.
     teacher = watched(browser.new_context(viewport=VIEWPORT).new_page())
@@ -277,7 +277,7 @@ def test_a_learner_checks_their_work_sees_the_hint_then_the_score_in_the_gradebo
     view = next_frame(teacher, stack.url, "/teach/activities/")
     row = view.locator("table.scores tbody tr").filter(has=view.get_by_role("rowheader", name="Ada Lovelace"))
     row.wait_for(timeout=20000)
-    assert "1 of 1" in row.inner_text() and "2 attempts" in row.inner_text()
+    assert "10 of 10" in row.inner_text() and "2 attempts" in row.inner_text()
     row.get_by_text("2 attempts").click()
     teacher.screenshot(path=str(tmp_path / "instructor-view.png"), full_page=True)
     view.get_by_role("link", name="Watch Ada Lovelace's desktop (read-only)").click()
@@ -288,7 +288,7 @@ def test_a_learner_checks_their_work_sees_the_hint_then_the_score_in_the_gradebo
     teacher.context.close()
 
     # The score is in the emulated LMS's gradebook.
-    cell = gradebook_cell(page, stack.url, "emu-learner-1", r"\b1(\.0)?/1(\.0)?\b")
+    cell = gradebook_cell(page, stack.url, "emu-learner-1", r"\b10/10\b")
     assert "Completed" in cell and "FullyGraded" in cell
     page.screenshot(path=str(tmp_path / "gradebook.png"), full_page=True)
     context.close()
