@@ -27,7 +27,6 @@ import pytest
 from redis import Redis
 from sqlalchemy import select
 
-from app import create_app
 from broker import images
 from broker.config import Settings
 from broker.models import Backend, CheckAttempt, Image, Lab
@@ -37,8 +36,8 @@ from lti.emulator.registration import register_with_tool
 from tests.conftest import make_settings
 from tests.support.browser import chromium, require_browser, require_desktop
 from tests.support.guacd_double import GuacdDouble, guacd_doubles
-from tests.support.http import LiveServer, free_port, serve
-from tests.support.tunnel import TunnelProcess
+from tests.support.http import LiveServer, free_port
+from tests.support.tunnel import serve_with_tunnel
 from tests.support.workers import WorkerPool
 from web.vendor import GUACAMOLE_JS
 
@@ -125,12 +124,7 @@ def stack(
     rt: Runtime, settings: Settings, hint: str, workers: WorkerPool, ports: dict[str, int], tmp_path: Path
 ) -> Iterator[LiveServer]:
     """A worker on every queue, the tunnel and the web app (with its emulator) over HTTP."""
-    workers.start(1)
-    tunnel = TunnelProcess(settings, tmp_path, ports["tunnel"]).start()
-    try:
-        yield from serve(create_app(settings, rt), ports["web"])
-    finally:
-        tunnel.stop()
+    yield from serve_with_tunnel(rt, settings, tmp_path, workers, ports)
 
 
 @pytest.fixture

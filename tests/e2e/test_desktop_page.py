@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Iterator
 import pytest
 from redis import Redis
 
-from app import create_app
 from broker import activity, services
 from broker.lifecycle import LabState
 from broker.config import Settings
@@ -32,9 +31,9 @@ from tests.conftest import make_settings
 from tests.e2e.png import close_to, decode
 from tests.support.browser import chromium, require_browser
 from tests.support.guacd_double import ConnectionRecord, GuacdDouble, encode, guacd_doubles, solid_png
-from tests.support.http import LiveServer, free_port, serve
+from tests.support.http import LiveServer, free_port
 from tests.support.inline import lab_state
-from tests.support.tunnel import TunnelProcess
+from tests.support.tunnel import serve_with_tunnel
 from tests.support.waiting import wait_until
 from tests.support.workers import WorkerPool
 from tests.support.world import add_lab_catalogue, make_world
@@ -109,7 +108,7 @@ def stack(
     require_browser()
     require_viewer()
     make_world(rt, config={"state_dir": str(tmp_path / "fake"), **backend_config})
-    yield from _serve_with_tunnel(rt, settings, tmp_path, workers, ports)
+    yield from serve_with_tunnel(rt, settings, tmp_path, workers, ports)
 
 
 @pytest.fixture
@@ -119,17 +118,7 @@ def lms_stack(rt: Runtime, settings: Settings, tmp_path: Path, workers: WorkerPo
     require_viewer()
     add_lab_catalogue(rt, str(tmp_path / "fake"), "local-desktop")
     register_with_tool(rt)
-    yield from _serve_with_tunnel(rt, settings, tmp_path, workers, ports)
-
-
-def _serve_with_tunnel(rt: Runtime, settings: Settings, tmp_path: Path, workers: WorkerPool, ports: dict[str, int]) -> Iterator[LiveServer]:
-    """A worker, a `labdesk tunnel` process and the web app over HTTP, all stopped afterwards."""
-    workers.start(1)
-    tunnel = TunnelProcess(settings, tmp_path, ports["tunnel"]).start()
-    try:
-        yield from serve(create_app(settings, rt), ports["web"])
-    finally:
-        tunnel.stop()
+    yield from serve_with_tunnel(rt, settings, tmp_path, workers, ports)
 
 
 @pytest.fixture

@@ -8,9 +8,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 from broker.config import Settings
-from tests.support.workers import ROOT, settings_env
+from broker.runtime import Runtime
+from tests.support.http import LiveServer, serve
+from tests.support.workers import ROOT, WorkerPool, settings_env
 
 
 class TunnelProcess:
@@ -52,3 +55,15 @@ class TunnelProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+def serve_with_tunnel(rt: Runtime, settings: Settings, tmp_path: Path, workers: WorkerPool, ports: dict[str, int]) -> Iterator[LiveServer]:
+    """A worker, a `labdesk tunnel` process and the web app over HTTP, all stopped afterwards."""
+    from app import create_app
+
+    workers.start(1)
+    tunnel = TunnelProcess(settings, tmp_path, ports["tunnel"]).start()
+    try:
+        yield from serve(create_app(settings, rt), ports["web"])
+    finally:
+        tunnel.stop()
