@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import abc
 import enum
+import threading
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Mapping
 
 Handle = dict[str, Any]
 
@@ -35,6 +36,23 @@ class Capability(str, enum.Enum):
 
 
 @dataclass(frozen=True)
+class GpuUnit:
+    """One GPU a backend can give one lab at a time: a whole card (PCI passthrough) or one vGPU (mdev).
+
+    The connector reports its units (`Connector.gpu_units`); the broker records which lab holds which and
+    never gives one unit to two labs (the libvirt test driver, for one, would happily allow it).
+    """
+
+    key: str  # unique in the backend and stable across inventories, e.g. "gpu1/pci_0000_41_00_0"
+    host: str  # the backend's host that has it: a lab holding this unit must run there
+    model: str  # what catalogue entries ask for (`resources.gpu`): "nvidia-t4", or a vGPU type "nvidia-t4-1b"
+    kind: str = "pci"  # "pci" (the whole card, passed through) or "mdev" (a mediated device)
+    address: str = ""  # the PCI address "0000:41:00.0" (pci) or the mdev's UUID (mdev)
+    mdev_type: str = ""  # the mdev type id ("nvidia-222"), for kind "mdev"
+    parent: str = ""  # the node device the unit belongs to ("pci_0000_81_00_0")
+
+
+@dataclass(frozen=True)
 class LabSpec:
     """Everything a connector needs to create one lab; `lab_id` is the idempotency key."""
 
@@ -44,6 +62,7 @@ class LabSpec:
     params: Mapping[str, Any] = field(default_factory=dict)
     course: str = ""  # a course/run tag for labelling backend objects; never a learner's identity
     protocol: str = ""  # the image's default desktop protocol ("" lets the connector choose)
+    gpu: GpuUnit | None = None  # the unit the broker reserved for this lab, when its image needs a GPU
 
     @property
     def name(self) -> str:
@@ -153,6 +172,29 @@ class Connector(abc.ABC):
 
     def after_resume(self, handle: Handle) -> None:
         """Called once a resumed lab is READY again, before learners reconnect (clock fixes and the like)."""
+
+    def gpu_units(self) -> list[GpuUnit]:
+        """Every GPU unit the backend can assign, free or held: its inventory (connectors with GPU)."""
+        return []
+
+    def keeps_gpu_when_suspended(self, handle: Handle) -> bool:
+        """Whether a SUSPENDED lab still holds its GPU (a paused VM does; a VM saved to disk need not)."""
+        return True
+
+    def rebind_gpu(self, handle: Handle, unit: GpuUnit) -> Handle:
+        """Give a suspended lab that let its GPU go the unit it got back, before `resume`; the new handle."""
+        from broker.errors import Unsupported
+
+        raise Unsupported(f"{type(self).__name__} cannot move a lab to another GPU", "This lab cannot resume on another GPU.")
+
+    def watch(self, notify: Callable[[int], None], stop: threading.Event) -> None:
+        """Call `notify(lab_id)` whenever the backend reports a change to a lab's object, until `stop` is set.
+
+        Optional: connectors whose backend has events make the broker prompt; polling remains the fallback.
+        """
+        from broker.errors import Unsupported
+
+        raise Unsupported(f"{type(self).__name__} has no events", "")
 
     def available(self) -> bool:
         """Whether the backend answers at all (for /healthz and `backends check`)."""
