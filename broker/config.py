@@ -55,6 +55,10 @@ class Settings:
     max_recoveries: int = 2
     poll_interval: int = 2
     max_transient_retries: int = 8
+    # GPU queue (docs/gpus.md).
+    gpu_per_learner: int = 1  # GPUs one learner may hold at once; further GPU labs wait their turn
+    gpu_typical_hold: int = 1800  # the wait estimate's guess of a GPU session until there is history
+    gpu_interval: int = 30  # the GPU sweep: release what ended labs hold, start who is next
     # LTI 1.3 (docs/lti.md).
     tool_name: str = "LabDesk"
     emulator: bool = True  # the built-in LMS emulator at /emulator; development and demo only

@@ -14,7 +14,7 @@ from datetime import timedelta
 from rq import Retry, get_current_job
 from sqlalchemy.orm import Session
 
-from broker import endpoints, runtime
+from broker import endpoints, gpu_queue, gpus, runtime
 from broker.clock import utcnow
 from broker.connector import Connector, LabSpec, ObservedState
 from broker.dispatch import JobRequest
@@ -70,6 +70,8 @@ def advance_lab(lab_id: int, state: str, recoveries: int = 0) -> Retry | None:
         if lab is None or lab.state not in _DRIVES[S(state)] or lab.recoveries != recoveries:
             return None
         if lab.state == S.REQUESTED:
+            if not gpu_queue.admit(rt, session, lab):
+                return None  # queued for a GPU: whoever frees one enqueues this lab again
             if not transition(session, rt.settings, lab_id, S.REQUESTED, S.PROVISIONING, _move("worker picked it up")):
                 return None
             session.refresh(lab)
@@ -98,6 +100,8 @@ def _drive(session: Session, lab: Lab, step: Step, connector: Connector) -> Retr
     if lab.backend_call != step.call:
         if step.call == "suspend":
             _check_before_suspend(lab.id)
+        if step.call == "resume" and not _gpu_back(rt, session, lab, connector):
+            return None  # queued for a GPU again
         _call_backend(session, lab, step, connector)
     if lab.handle is None:  # deleting a lab that never reached its backend
         return _finish(session, lab, step)
@@ -117,6 +121,19 @@ def _drive(session: Session, lab: Lab, step: Step, connector: Connector) -> Retr
     return Retry(max=POLL_FOREVER, interval=rt.settings.poll_interval)
 
 
+def _gpu_back(rt: runtime.Runtime, session: Session, lab: Lab, connector: Connector) -> bool:
+    """A lab that let its GPU go when it was saved needs one again before it resumes (maybe another)."""
+    if gpus.wanted_model(lab) is None or lab.handle is None or connector.keeps_gpu_when_suspended(lab.handle):
+        return True
+    if not gpu_queue.admit(rt, session, lab):
+        return False
+    unit = gpus.held_unit(session, lab.id)
+    if unit is not None:
+        lab.handle = connector.rebind_gpu(lab.handle, unit)
+        session.commit()
+    return True
+
+
 def _check_before_suspend(lab_id: int) -> None:
     """Activities with `auto_check = "on_suspend"` get their checks run here, inline, before the backend
     is asked to suspend: the machines still run, and the idle sweep and a suspend request both come
@@ -133,7 +150,10 @@ def _call_backend(session: Session, lab: Lab, step: Step, connector: Connector) 
     """Issue the state's backend operation once, remembering that it was issued."""
     if step.call == "provision":
         image = lab.activity.image
-        spec = LabSpec(lab.id, image.slug, lab.user.subject, image.spec, course=f"course-{lab.activity.course_id}", protocol=image.protocol)
+        spec = LabSpec(
+            lab.id, image.slug, lab.user.subject, image.spec, course=f"course-{lab.activity.course_id}",
+            protocol=image.protocol, gpu=gpus.held_unit(session, lab.id),
+        )
         lab.handle = connector.provision(spec)
     elif lab.handle is not None:
         getattr(connector, step.call)(lab.handle)
@@ -152,8 +172,17 @@ def _finish(session: Session, lab: Lab, step: Step, connector: Connector | None 
         fields.update(endpoints=endpoints.seal(rt.vault, connector.endpoints(lab.handle)))
     if step.next == S.DELETED:
         fields.update(endpoints=None)
-    transition(session, rt.settings, lab.id, S(lab.state), step.next, _move(f"backend reports {step.want.value}"), **fields)
+    moved = transition(session, rt.settings, lab.id, S(lab.state), step.next, _move(f"backend reports {step.want.value}"), **fields)
+    if moved and _lets_gpu_go(step, connector, lab):
+        gpu_queue.let_go(rt, session, lab)
     return None
+
+
+def _lets_gpu_go(step: Step, connector: Connector | None, lab: Lab) -> bool:
+    """A deleted lab lets its GPU go; a suspended one too if its backend saved it to disk (policy)."""
+    if step.next == S.DELETED:
+        return True
+    return step.next == S.SUSPENDED and connector is not None and lab.handle is not None and not connector.keeps_gpu_when_suspended(lab.handle)
 
 
 def _back_off(session: Session, lab: Lab, exc: ConnectorError, minimum: int = 1) -> Retry | None:

@@ -281,3 +281,58 @@ class CheckAttempt(Base):
     lab: Mapped[Lab] = relationship()
     user: Mapped[User] = relationship()
     activity: Mapped[Activity] = relationship()
+
+
+class GpuSlot(Base):
+    """One GPU unit of a backend (`broker.connector.GpuUnit`) as last inventoried, and the lab holding it.
+
+    `lab_id` is the only holder column and it is unique, so one unit never has two labs and one lab never
+    holds two units; taking a unit is a compare-and-set UPDATE (`broker.gpus`). A unit missing from the
+    latest inventory stays, `present = False`, until its holder lets it go: it is never handed out again.
+    """
+
+    __tablename__ = "gpu_slots"
+    __table_args__ = (UniqueConstraint("backend_id", "key"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    backend_id: Mapped[int] = mapped_column(ForeignKey("backends.id"))
+    key: Mapped[str] = mapped_column(String(255))
+    host: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(8), default="pci")
+    address: Mapped[str] = mapped_column(String(64), default="")
+    mdev_type: Mapped[str] = mapped_column(String(64), default="")
+    parent: Mapped[str] = mapped_column(String(255), default="")
+    present: Mapped[bool] = mapped_column(default=True)
+    lab_id: Mapped[int | None] = mapped_column(ForeignKey("labs.id"), unique=True)
+    held_since: Mapped[datetime | None] = mapped_column()
+    seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+_OPEN_REQUEST = text("released_at IS NULL")
+
+
+class GpuRequest(Base):
+    """A lab's turn for a GPU: waiting (`granted_at` is None), holding (granted, not released), or history.
+
+    At most one open request per lab (a partial unique index). Released rows stay: their durations give
+    the queue's wait estimates, and the bench its fairness figures.
+    """
+
+    __tablename__ = "gpu_requests"
+    __table_args__ = (
+        Index("uq_gpu_requests_open", "lab_id", unique=True, postgresql_where=_OPEN_REQUEST, sqlite_where=_OPEN_REQUEST),
+        Index("ix_gpu_requests_backend_released", "backend_id", "released_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    lab_id: Mapped[int] = mapped_column(ForeignKey("labs.id"))
+    backend_id: Mapped[int] = mapped_column(ForeignKey("backends.id"))
+    course_id: Mapped[int] = mapped_column(ForeignKey("courses.id"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    model: Mapped[str] = mapped_column(String(64), default="")  # "" takes any GPU
+    previous_key: Mapped[str] = mapped_column(String(255), default="")  # the unit it held before a suspend
+    slot_key: Mapped[str] = mapped_column(String(255), default="")
+    requested_at: Mapped[datetime] = mapped_column(default=utcnow)
+    granted_at: Mapped[datetime | None] = mapped_column()
+    released_at: Mapped[datetime | None] = mapped_column()

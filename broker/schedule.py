@@ -9,6 +9,7 @@ one compare-and-set UPDATE moves them, and one Redis pipeline enqueues their job
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, timedelta
@@ -18,7 +19,7 @@ from typing import Any, Callable
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from broker import activity, attempts, runtime
+from broker import activity, attempts, gpu_queue, runtime
 from rq.cron import CronScheduler
 
 from broker.clock import utcnow
@@ -33,6 +34,7 @@ from broker.registry import connector_class
 from broker.runtime import Runtime
 
 S = LabState
+log = logging.getLogger(__name__)
 DURATIONS_KEY = "labdesk:sweep_seconds"
 ORPHANS_KEY = "labdesk:orphans:{backend}"
 
@@ -216,6 +218,7 @@ def register_cron(scheduler: CronScheduler, settings: Settings) -> None:
         reconcile_job: settings.reconcile_interval,
         check_backends_job: settings.health_interval,
         check_due_job: settings.grading_due_interval,
+        gpu_sweep_job: settings.gpu_interval,
     }
     for job, seconds in every.items():
         scheduler.register(job, DEFAULT_QUEUE, interval=seconds, result_ttl=0, name=job.__name__)
@@ -281,6 +284,11 @@ def check_due_job() -> int:
     return timed("grading_due", attempts.check_due)
 
 
+def gpu_sweep_job() -> int:
+    """Free GPUs that ended labs hold and start whoever is next (broker.gpu_queue.sweep)."""
+    return timed("gpu", gpu_queue.sweep)
+
+
 def reconcile_backend_job(backend_id: int) -> dict[str, int]:
     return reconcile_backend(runtime.current(), backend_id)
 
@@ -305,8 +313,12 @@ def check_backend(rt: Runtime, backend_id: int) -> bool:
         if backend is None:
             return False
         try:
-            ok = bool(rt.connector(backend).available())
+            connector = rt.connector(backend)
+            ok = bool(connector.available())
+            if ok and Capability.GPU in connector.capabilities:
+                gpu_queue.refresh(rt, session, backend)  # GPUs come and go with hosts and admins
         except Exception:  # noqa: BLE001 - any failure to answer means "not available"
+            log.warning("backend %s is not available", backend.name, exc_info=True)
             ok = False
     rt.redis.hset(HEALTH_KEY, backend.name, json.dumps({"ok": ok, "at": time.time()}))
     return ok

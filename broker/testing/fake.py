@@ -10,6 +10,9 @@ same backend, or in memory when no directory is given. Settings script its behav
 - `capacity`: how many objects it holds before raising `CapacityError`;
 - `down`: `available()` answers False;
 - `endpoints`: the desktop endpoints of every lab, as dicts of `DesktopEndpoint` fields;
+- `gpus`: GPU units it offers (dicts of `GpuUnit` fields); each object records the unit it was given,
+  so tests can prove that no unit ever served two labs at once (the fake, like libvirt's test driver,
+  would not stop it); `gpu_on_suspend = "release"` lets a suspended lab's unit go;
 - `check_targets`: where grading checks run, as dicts of `CheckTarget` fields; without it, one `local`
   target whose home is `check_home`, else `state_dir`, else a private directory in the temp dir, so
   broker tests run checks for real through the `local` grading hook.
@@ -30,6 +33,7 @@ from broker.connector import (
     CheckTarget,
     Connector,
     DesktopEndpoint,
+    GpuUnit,
     Handle,
     LabSpec,
     ManagedObject,
@@ -60,6 +64,8 @@ class FakeConnector(Connector):
         self._dir = Path(state_dir) if state_dir else None
         if self._dir:
             self._dir.mkdir(parents=True, exist_ok=True)
+        if self.config.get("gpus"):
+            self.capabilities = frozenset({Capability.SUSPEND, Capability.GPU})
 
     # -- the connector interface -------------------------------------------------------------------
     def provision(self, spec: LabSpec) -> Handle:
@@ -68,7 +74,8 @@ class FakeConnector(Connector):
         if self._load(key) is None:
             if len(self._keys()) >= int(self.config.get("capacity", 1_000_000_000)):
                 raise CapacityError(f"{self.name} is full", "All lab machines are busy; try again shortly.")
-            self._save(key, {"lab_id": spec.lab_id, "state": "pending", "until": self._after("provision")})
+            gpu = spec.gpu.key if spec.gpu else None
+            self._save(key, {"lab_id": spec.lab_id, "state": "pending", "until": self._after("provision"), "gpu": gpu})
         return {"key": key}
 
     def observe(self, handle: Handle) -> Observation:
@@ -80,6 +87,10 @@ class FakeConnector(Connector):
 
     def suspend(self, handle: Handle) -> None:
         self._transit(handle, "suspend", "suspending")
+        record = self._load(handle["key"])
+        if record is not None and not self.keeps_gpu_when_suspended(handle):
+            record["gpu"] = None  # saved to disk: the unit is no longer in use
+            self._save(handle["key"], record)
 
     def resume(self, handle: Handle) -> None:
         self._transit(handle, "resume", "resuming")
@@ -116,6 +127,20 @@ class FakeConnector(Connector):
             if home.is_symlink() or home.stat().st_uid != os.getuid():
                 raise PermanentError(f"{home} is not ours", "This lab cannot be checked automatically.")
         return [CheckTarget(host="main", runner="local", extra={"home": str(home)})]
+
+    def gpu_units(self) -> list[GpuUnit]:
+        return [GpuUnit(**unit) for unit in self.config.get("gpus", [])]
+
+    def keeps_gpu_when_suspended(self, handle: Handle) -> bool:
+        return self.config.get("gpu_on_suspend", "keep") != "release"
+
+    def rebind_gpu(self, handle: Handle, unit: GpuUnit) -> Handle:
+        """Records the unit the object now holds (a saved lab resumed on another GPU)."""
+        record = self._load(handle["key"])
+        if record is not None:
+            record["gpu"] = unit.key
+            self._save(handle["key"], record)
+        return handle
 
     def list_managed(self) -> list[ManagedObject]:
         self._call("list_managed")

@@ -1,0 +1,213 @@
+"""GPU labs through real `labdesk worker` processes on PostgreSQL: exclusive units, the visible queue, a lab
+that starts by itself when a GPU frees up, the per-learner limit, and keeping or letting go of a GPU when
+a lab is suspended. The fake backend records which unit each of its objects was given, so these tests
+check exclusivity where it matters: on the backend, not only in the broker's tables.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from broker import gpu_queue, gpus, schedule, services
+from broker.lifecycle import LabState
+from broker.models import Activity, Backend, GpuRequest, GpuSlot, Image, Lab
+from broker.runtime import Runtime
+from tests.support.waiting import wait_until
+from tests.support.workers import WorkerPool
+from tests.support.world import World, add_learner, make_world
+
+pytestmark = pytest.mark.postgres
+S = LabState
+
+
+def units(count: int, model: str = "nvidia-t4") -> list[dict[str, Any]]:
+    return [{"key": f"h1/gpu{n}", "host": "h1", "model": model, "address": f"0000:4{n}:00.0"} for n in range(count)]
+
+
+@pytest.fixture
+def db_url(pg_only: str) -> str:
+    return pg_only
+
+
+def gpu_world(rt: Runtime, fake_dir: Path, count: int, gpu: object = "nvidia-t4", **config: Any) -> World:
+    world = make_world(rt, config={"state_dir": str(fake_dir), "gpus": units(count), **config})
+    with rt.session() as session:
+        image = session.get(Activity, world.activity_id).image
+        image.spec = {"resources": {"vcpu": 2, "ram_mb": 2048, "disk_gb": 10, "gpu": gpu}}
+        session.commit()
+    return world
+
+
+def second_activity(rt: Runtime, world: World) -> int:
+    with rt.session() as session:
+        first = session.get(Activity, world.activity_id)
+        other = Activity(course_id=first.course_id, resource_link_id="link-2", title="Second GPU lab",
+                         image_id=first.image_id, backend_id=first.backend_id)
+        session.add(other)
+        session.commit()
+        return other.id
+
+
+def lab(rt: Runtime, lab_id: int) -> Lab:
+    with rt.session() as session:
+        found = session.get(Lab, lab_id)
+        assert found is not None
+        return found
+
+
+def state_of(rt: Runtime, lab_id: int) -> str:
+    return lab(rt, lab_id).state
+
+
+def backend_gpus(fake_dir: Path) -> dict[int, str | None]:
+    """The unit each live object on the fake backend holds, by lab id."""
+    records = [json.loads(p.read_text()) for p in fake_dir.glob("labdesk-lab-*.json")]
+    return {r["lab_id"]: r.get("gpu") for r in records}
+
+
+def assert_exclusive(fake_dir: Path) -> None:
+    held = [gpu for gpu in backend_gpus(fake_dir).values() if gpu]
+    assert len(held) == len(set(held)), f"a GPU serves two labs: {backend_gpus(fake_dir)}"
+
+
+def launch_many(rt: Runtime, world: World, count: int, prefix: str = "gpu-learner") -> list[int]:
+    return [services.launch(rt, add_learner(rt, f"{prefix}-{n}"), world.activity_id, "learner").id for n in range(count)]
+
+
+def test_labs_beyond_the_gpus_wait_in_line_and_start_by_themselves(
+    rt: Runtime, fake_dir: Path, workers: WorkerPool
+) -> None:
+    world = gpu_world(rt, fake_dir, 2)
+    workers.start()
+    first, second, third = launch_many(rt, world, 3)
+    for lab_id in (first, second):
+        wait_until(lambda lab_id=lab_id: state_of(rt, lab_id) == "running", timeout=30, what="a GPU lab running")
+    waiting = wait_until(lambda: lab(rt, third).waiting_for == "gpu" and lab(rt, third), what="the third lab queued")
+    assert waiting.state == "requested" and waiting.deadline is None  # waiting may take long: no deadline
+    assert waiting.message == "All GPUs are in use. You are number 1 in line, about 30 minutes; your lab starts by itself."
+    assert set(backend_gpus(fake_dir)) == {first, second}  # nothing was created for the waiting lab
+    assert_exclusive(fake_dir)
+
+    services.request_state(rt, first, S.DELETING, "learner-0", "learner reset")
+    wait_until(lambda: state_of(rt, third) == "running", timeout=30, what="the queued lab started by itself")
+    assert lab(rt, third).waiting_for is None
+    assert_exclusive(fake_dir)
+    with rt.session() as session:
+        held = dict(session.execute(select(GpuSlot.lab_id, GpuSlot.key).where(GpuSlot.lab_id.is_not(None))).all())
+    assert backend_gpus(fake_dir) == held  # the broker's records and the backend agree
+
+
+def test_concurrent_launches_on_several_workers_never_share_a_gpu(
+    rt: Runtime, fake_dir: Path, workers: WorkerPool
+) -> None:
+    world = gpu_world(rt, fake_dir, 3)
+    launched = launch_many(rt, world, 12)
+    workers.start(4)  # four workers take the twelve jobs at once
+    wait_until(lambda: sum(state_of(rt, l) == "running" for l in launched) == 3, timeout=40, what="three running")
+    queued = wait_until(lambda: sum(lab(rt, l).waiting_for == "gpu" for l in launched) == 9, timeout=40, what="nine queued")
+    assert_exclusive(fake_dir)
+    running = [l for l in launched if state_of(rt, l) == "running"]
+    for lab_id in running:  # end them one after the other: each frees a unit for the next in line
+        services.request_state(rt, lab_id, S.DELETING, "learner", "done")
+    wait_until(lambda: sum(state_of(rt, l) == "running" for l in launched) == 3, timeout=40, what="the next three")
+    assert_exclusive(fake_dir)
+    with rt.session() as session:
+        grants = session.scalars(select(GpuRequest).where(GpuRequest.granted_at.is_not(None))).all()
+        assert len(grants) == 6
+        open_holds = [r.slot_key for r in grants if r.released_at is None]
+        assert sorted(open_holds) == ["h1/gpu0", "h1/gpu1", "h1/gpu2"]
+
+
+def test_a_learner_gets_one_gpu_at_a_time(rt: Runtime, fake_dir: Path, workers: WorkerPool) -> None:
+    world = gpu_world(rt, fake_dir, 2)
+    other_activity = second_activity(rt, world)
+    workers.start()
+    first = services.launch(rt, world.user_id, world.activity_id, "learner").id
+    wait_until(lambda: state_of(rt, first) == "running", timeout=30, what="the first GPU lab")
+    second = services.launch(rt, world.user_id, other_activity, "learner").id
+    held_back = wait_until(lambda: lab(rt, second).waiting_for == "gpu" and lab(rt, second), what="the second held back")
+    assert held_back.message.startswith("Waiting for a GPU: you already use one in another lab.")
+    assert len(backend_gpus(fake_dir)) == 1  # a unit was free, yet the limit kept it for others
+
+    services.request_state(rt, first, S.SUSPENDING, "learner", "left")  # keep policy: still holds the GPU
+    wait_until(lambda: state_of(rt, first) == "suspended", timeout=30, what="first suspended")
+    assert lab(rt, second).state == "requested"
+    services.request_state(rt, first, S.DELETING, "learner", "reset")
+    wait_until(lambda: state_of(rt, second) == "running", timeout=30, what="the second starts once the first ended")
+
+
+def test_a_saved_lab_lets_its_gpu_go_and_queues_again_to_resume(
+    rt: Runtime, fake_dir: Path, workers: WorkerPool
+) -> None:
+    world = gpu_world(rt, fake_dir, 1, gpu_on_suspend="release")
+    workers.start()
+    first, second = launch_many(rt, world, 2)
+    wait_until(lambda: state_of(rt, first) == "running", timeout=30, what="first running")
+    wait_until(lambda: lab(rt, second).waiting_for == "gpu", what="second queued")
+
+    services.request_state(rt, first, S.SUSPENDING, "learner", "left")
+    wait_until(lambda: state_of(rt, second) == "running", timeout=30, what="the freed GPU went to the next in line")
+    assert state_of(rt, first) == "suspended"
+    assert_exclusive(fake_dir)
+
+    services.request_state(rt, first, S.RESUMING, "learner", "came back")
+    back = wait_until(lambda: lab(rt, first).waiting_for == "gpu" and lab(rt, first), what="resume waits for a GPU")
+    assert back.state == "resuming" and "number 1 in line" in back.message
+    services.request_state(rt, second, S.DELETING, "learner", "done")
+    wait_until(lambda: state_of(rt, first) == "running", timeout=30, what="resumed on the freed GPU")
+    assert backend_gpus(fake_dir)[first] == "h1/gpu0"
+
+
+def test_the_sweep_frees_what_failed_and_ended_labs_hold(rt: Runtime, fake_dir: Path, workers: WorkerPool) -> None:
+    world = gpu_world(rt, fake_dir, 1)
+    workers.start()
+    [holder] = launch_many(rt, world, 1)
+    wait_until(lambda: state_of(rt, holder) == "running", timeout=30, what="running")
+    with rt.session() as session:  # the lab failed (the deadline sweep, say): nobody let the GPU go
+        session.get(Lab, holder).state = "failed"
+        session.commit()
+    [waiting] = launch_many(rt, world, 1, prefix="next")
+    wait_until(lambda: lab(rt, waiting).waiting_for == "gpu", what="queued behind the failed lab")
+
+    gpu_queue.sweep(rt)  # deletes the failed lab; its deletion lets the unit go to the waiting lab
+    wait_until(lambda: state_of(rt, holder) == "deleted", timeout=30, what="failed GPU lab deleted")
+    wait_until(lambda: state_of(rt, waiting) == "running", timeout=30, what="the waiting lab got the unit")
+
+
+def test_the_health_check_records_the_inventory_and_a_vanished_unit_is_never_handed_out(
+    rt: Runtime, fake_dir: Path
+) -> None:
+    world = gpu_world(rt, fake_dir, 2)
+    assert schedule.check_backend(rt, world.backend_id)
+    with rt.session() as session:
+        assert sorted(session.scalars(select(GpuSlot.key).where(GpuSlot.present.is_(True)))) == ["h1/gpu0", "h1/gpu1"]
+        backend = session.get(Backend, world.backend_id)
+        backend.config = {**backend.config, "gpus": units(1)}
+        session.commit()
+    assert schedule.check_backend(rt, world.backend_id)
+    with rt.session() as session:
+        assert dict(session.execute(select(GpuSlot.key, GpuSlot.present)).all()) == {"h1/gpu0": True, "h1/gpu1": False}
+        lab_one = services.launch(rt, world.user_id, world.activity_id, "learner")
+        lab_two = services.launch(rt, add_learner(rt, "b"), world.activity_id, "learner")
+        for launched in (lab_one, lab_two):
+            gpus.open_request(session, session.get(Lab, launched.id), "nvidia-t4")
+        assert gpus.dispatch(session, rt.settings, world.backend_id) == [lab_one.id]
+
+
+def test_a_lab_asking_for_another_model_waits_even_with_units_free(rt: Runtime, fake_dir: Path) -> None:
+    world = gpu_world(rt, fake_dir, 2, gpu="nvidia-a100")
+    schedule.check_backend(rt, world.backend_id)
+    launched = services.launch(rt, world.user_id, world.activity_id, "learner")
+    with rt.session() as session:
+        row = session.get(Lab, launched.id)
+        assert gpu_queue.admit(rt, session, row) is False
+        session.refresh(row)
+        assert row.waiting_for == "gpu"
+        assert gpus.queue_status(session, rt.settings, row) == {"position": 1, "blocked": False, "estimate_seconds": None}
+        assert row.message == "All GPUs are in use. You are number 1 in line; your lab starts by itself."
+        assert session.scalar(select(Image.slug)) == "img-fake"
