@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 
 from redis.exceptions import RedisError
 
-from broker import endpoints, services
+from broker import endpoints, gpu_queue, gpus, services
 from broker.models import Lab
 from tunnel.live import watchers_key
 from web.context import rt, user_id
@@ -25,6 +25,9 @@ def lab_status(lab_id: int):  # type: ignore[no-untyped-def]
         answer = lab_json(lab, rt().settings.keepalive_interval)
         answer["hosts"] = endpoints.public_hosts(endpoints.unseal(rt().vault, lab.endpoints))
         answer["watchers"] = watchers(lab.id)
+        if lab.waiting_for == gpu_queue.WAITING:  # its place in line moves: told afresh on every poll
+            answer["queue"] = gpus.queue_status(session, rt().settings, lab)
+            answer["message"] = gpu_queue.waiting_message(answer["queue"] or {})
         return jsonify(answer)
 
 

@@ -19,6 +19,7 @@ pages = Blueprint("pages", __name__)
 # What a learner reads for each lab state; the lab page script uses the same words (passed as data).
 STATE_LABELS = {
     "requested": "Waiting for a lab machine…",
+    "waiting_gpu": "Waiting for a GPU…",
     "provisioning": "Preparing your lab…",
     "running": "Your lab is running.",
     "suspending": "Saving your lab…",

@@ -30,7 +30,8 @@ export function renderProgress(elements, lab, detail) {
   elements.bar.value = percent;
   elements.bar.setAttribute("aria-valuetext", `${STAGES[stage]}, ${percent} percent`);
   elements.percent.textContent = `${percent} %`;
-  setText(elements.text, detail || [`${STAGES[stage]} — ${percent} %.`, lab.message].filter(Boolean).join(" "));
+  const queued = lab.queue ? lab.message : ""; // waiting for a GPU: the place in line says it all
+  setText(elements.text, detail || queued || [`${STAGES[stage]} — ${percent} %.`, lab.message].filter(Boolean).join(" "));
 }
 
 /**

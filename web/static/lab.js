@@ -133,7 +133,8 @@ class LabPage {
 
   #update(lab) {
     this.lab = lab;
-    setText(this.el.state, this.config.labels[lab.state] || lab.state);
+    const label = lab.queue ? this.config.labels.waiting_gpu : this.config.labels[lab.state];
+    setText(this.el.state, label || lab.state);
     renderProgress(this.el.progress, lab);
     const problem = problemOf(lab, this.config.watch);
     renderProblem(this.el.problem, problem);
