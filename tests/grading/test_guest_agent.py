@@ -3,134 +3,46 @@
 The guest is ../shared/tools/tiny-guest's: `build-guest` makes a ~6 MB initrd with qemu-ga and busybox
 (cached in /var/tmp/labdesk-tiny-guest, which QEMU, running as libvirt-qemu, must be able to read),
 `start-libvirtd` starts libvirtd + virtlogd without systemd (nothing if one already answers), and one
-domain per session is defined from `examples/domain-tiny.xml.in` under a unique name. At the end the
-domain is destroyed and undefined, and libvirtd is stopped only if this fixture started it.
+domain per session is defined from `examples/domain-tiny.xml.in` under a unique name (tests/support/libvirt.py
+does all of that). At the end the domain is destroyed and undefined, and libvirtd is stopped only if it was
+started for these tests.
 """
 
 from __future__ import annotations
 
-import base64
-import json
 import os
 import secrets
-import shutil
-import subprocess
-import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import pytest
 
 from broker.grading import CheckScript, CheckTarget, runner_for
 from grading_hooks.guest_agent import GuestAgentRunner
 from tests.support.http import free_port
+from tests.support.libvirt import Guest, running_libvirtd, tiny_domain_xml, wait_for_agent
 
 pytestmark = [pytest.mark.slow, pytest.mark.libvirt]
-
-REPO = Path(__file__).resolve().parents[2]
-TOOLS = Path(os.environ.get("TINY_GUEST_TOOLS", REPO.parent / "shared/tools/tiny-guest"))
-GUEST_DIR = Path(os.environ.get("TINY_GUEST_DIR", "/var/tmp/labdesk-tiny-guest"))  # world-searchable
-URI = "qemu:///system"
-
-
-@dataclass
-class Guest:
-    uri: str
-    name: str
-    uuid: str
-    domain: Any  # libvirt.virDomain
-
-    def target(self, **extra: str) -> CheckTarget:
-        return CheckTarget(host="main", runner="guest_agent", extra={"uri": self.uri, "domain": self.name, **extra})
-
-    def exec(self, *argv: str, timeout: float = 15.0) -> tuple[int, str]:
-        """Run a command in the guest directly through the agent (not the hook): exit status, stdout."""
-        import libvirt_qemu
-
-        def agent(execute: str, **arguments: Any) -> Any:
-            message = json.dumps({"execute": execute, "arguments": arguments})
-            return json.loads(libvirt_qemu.qemuAgentCommand(self.domain, message, 10, 0))["return"]
-
-        pid = agent("guest-exec", path=argv[0], arg=list(argv[1:]), **{"capture-output": True})["pid"]
-        deadline = time.monotonic() + timeout
-        while not (status := agent("guest-exec-status", pid=pid))["exited"]:
-            assert time.monotonic() < deadline, f"{argv} did not finish in the guest"
-            time.sleep(0.1)
-        return status.get("exitcode", -1), base64.b64decode(status.get("out-data", "")).decode()
-
-
-def _unusable_reason() -> str:
-    if not (TOOLS / "build-guest").exists():
-        return f"no tiny-guest tools at {TOOLS}"
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        return "needs root on Debian (tiny-guest's start-libvirtd)"
-    try:
-        import libvirt  # noqa: F401
-        import libvirt_qemu  # noqa: F401
-    except ImportError as exc:
-        return f"libvirt-python is not installed ({exc})"
-    return ""
-
-
-def _answers(uri: str) -> bool:
-    import libvirt
-
-    try:
-        libvirt.open(uri).close()
-        return True
-    except libvirt.libvirtError:
-        return False
 
 
 @pytest.fixture(scope="session")
 def guest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guest]:
-    reason = _unusable_reason()
-    if reason:
-        pytest.skip(reason)
-    import libvirt
-    import libvirt_qemu
+    with running_libvirtd() as uri:
+        import libvirt
 
-    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # errors still raise libvirtError
-    GUEST_DIR.mkdir(parents=True, exist_ok=True)
-    built = subprocess.run([TOOLS / "build-guest", GUEST_DIR], capture_output=True, text=True)
-    if built.returncode != 0:
-        pytest.skip(f"build-guest failed: {built.stderr.strip()[-500:]}")
-    started_daemon = False
-    if not _answers(URI):
-        out = subprocess.run([TOOLS / "start-libvirtd"], capture_output=True, text=True)
-        if out.returncode != 0 or not _answers(URI):
-            pytest.skip(f"start-libvirtd failed: {(out.stderr or out.stdout).strip()[-500:]}")
-        started_daemon = True
-    try:
-        connection = libvirt.open(URI)
+        connection = libvirt.open(uri)
         name = f"labdesk-pytest-{secrets.token_hex(4)}"
-        xml = (TOOLS / "examples/domain-tiny.xml.in").read_text()
         console = tmp_path_factory.mktemp("tiny-guest") / "console.log"
-        for key, value in {"@NAME@": name, "@GUEST_DIR@": str(GUEST_DIR), "@PORT@": str(free_port()),
-                           "@CONSOLE_LOG@": str(console)}.items():
-            xml = xml.replace(key, value)
-        domain = connection.defineXML(xml)
+        domain = connection.defineXML(tiny_domain_xml(name, free_port(), console))
         try:
             domain.create()
-            deadline = time.monotonic() + 90
-            while True:  # about 5 s under TCG
-                try:
-                    libvirt_qemu.qemuAgentCommand(domain, '{"execute":"guest-ping"}', 2, 0)
-                    break
-                except libvirt.libvirtError:
-                    if time.monotonic() > deadline:
-                        raise AssertionError(f"the guest agent never answered; console: {console.read_text()[-2000:]}")
-                    time.sleep(0.25)
-            yield Guest(URI, name, domain.UUIDString(), domain)
+            wait_for_agent(domain, console=console)  # about 5 s under TCG
+            yield Guest(uri, name, domain.UUIDString(), domain)
         finally:
             if domain.isActive():
                 domain.destroy()
             domain.undefine()
             connection.close()
-    finally:
-        if started_daemon:  # never stop a libvirtd someone else runs
-            subprocess.run([TOOLS / "stop-libvirtd"], capture_output=True)
 
 
 def check(script: str, *args: str, timeout: float = 20.0, output_limit: int = 16 * 1024) -> CheckScript:

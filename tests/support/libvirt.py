@@ -1,0 +1,139 @@
+"""A real libvirtd + QEMU (TCG) for integration tests, and the tiny guest of ../shared/tools/tiny-guest.
+
+One copy of what the guest-agent hook's tests and the libvirt connector's tests both need:
+* `usable_reason()`: why this machine cannot run them ("" when it can): root on Debian, the tools, libvirt-python;
+* `running_libvirtd()`: builds the guest (cached in GUEST_DIR, which QEMU running as libvirt-qemu must be able
+  to read, hence /var/tmp), starts libvirtd + virtlogd with `start-libvirtd` only if no libvirtd answers, yields
+  the URI, and stops the daemons at the end only if it started them (never one someone else runs);
+* `tiny_domain_xml()` fills `examples/domain-tiny.xml.in`; `wait_for_agent()` polls guest-ping;
+* `Guest`: a running domain with an `exec` that goes straight through the agent (not through the code under test).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import subprocess
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from broker.grading import CheckTarget
+
+REPO = Path(__file__).resolve().parents[2]
+TOOLS = Path(os.environ.get("TINY_GUEST_TOOLS", REPO.parent / "shared/tools/tiny-guest"))
+GUEST_DIR = Path(os.environ.get("TINY_GUEST_DIR", "/var/tmp/labdesk-tiny-guest"))  # world-searchable
+URI = "qemu:///system"
+BOOT_TIMEOUT = 120.0  # s: ~5 s under TCG, but libvirt re-probes QEMU for ~56 s per start where /dev/kvm is 0600
+
+
+@dataclass
+class Guest:
+    uri: str
+    name: str
+    uuid: str
+    domain: Any  # libvirt.virDomain
+
+    def target(self, **extra: str) -> CheckTarget:
+        return CheckTarget(host="main", runner="guest_agent", extra={"uri": self.uri, "domain": self.name, **extra})
+
+    def exec(self, *argv: str, timeout: float = 15.0) -> tuple[int, str]:
+        """Run a command in the guest directly through the agent (not the hook): exit status, stdout."""
+        return agent_exec(self.domain, *argv, timeout=timeout)
+
+
+def agent_exec(domain: Any, *argv: str, timeout: float = 15.0) -> tuple[int, str]:
+    """guest-exec + guest-exec-status on `domain` through libvirt_qemu: exit status and stdout."""
+    import libvirt_qemu
+
+    def agent(execute: str, **arguments: Any) -> Any:
+        message = json.dumps({"execute": execute, "arguments": arguments})
+        return json.loads(libvirt_qemu.qemuAgentCommand(domain, message, 10, 0))["return"]
+
+    pid = agent("guest-exec", path=argv[0], arg=list(argv[1:]), **{"capture-output": True})["pid"]
+    deadline = time.monotonic() + timeout
+    while not (status := agent("guest-exec-status", pid=pid))["exited"]:
+        assert time.monotonic() < deadline, f"{argv} did not finish in the guest"
+        time.sleep(0.1)
+    return status.get("exitcode", -1), base64.b64decode(status.get("out-data", "")).decode()
+
+
+def usable_reason() -> str:
+    """Why the real-QEMU tests cannot run here, or "" when they can."""
+    if not (TOOLS / "build-guest").exists():
+        return f"no tiny-guest tools at {TOOLS}"
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        return "needs root on Debian (tiny-guest's start-libvirtd)"
+    try:
+        import libvirt  # noqa: F401
+        import libvirt_qemu  # noqa: F401
+    except ImportError as exc:
+        return f"libvirt-python is not installed ({exc})"
+    return ""
+
+
+def answers(uri: str) -> bool:
+    import libvirt
+
+    try:
+        libvirt.open(uri).close()
+        return True
+    except libvirt.libvirtError:
+        return False
+
+
+@contextmanager
+def running_libvirtd() -> Iterator[str]:
+    """The URI of a libvirtd that answers, with the tiny guest built; skips the test when impossible."""
+    reason = usable_reason()
+    if reason:
+        pytest.skip(reason)
+    import libvirt
+
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # errors still raise libvirtError
+    GUEST_DIR.mkdir(parents=True, exist_ok=True)
+    built = subprocess.run([TOOLS / "build-guest", GUEST_DIR], capture_output=True, text=True)
+    if built.returncode != 0:
+        pytest.skip(f"build-guest failed: {built.stderr.strip()[-500:]}")
+    started_daemon = False
+    if not answers(URI):
+        out = subprocess.run([TOOLS / "start-libvirtd"], capture_output=True, text=True)
+        if out.returncode != 0 or not answers(URI):
+            pytest.skip(f"start-libvirtd failed: {(out.stderr or out.stdout).strip()[-500:]}")
+        started_daemon = True
+    try:
+        yield URI
+    finally:
+        if started_daemon:  # never stop a libvirtd someone else runs
+            subprocess.run([TOOLS / "stop-libvirtd"], capture_output=True)
+
+
+def tiny_domain_xml(name: str, port: int, console: Path) -> str:
+    """examples/domain-tiny.xml.in filled in: a TCG domain booting the guest, sshd forwarded to 127.0.0.1:port."""
+    xml = (TOOLS / "examples/domain-tiny.xml.in").read_text()
+    for key, value in {"@NAME@": name, "@GUEST_DIR@": str(GUEST_DIR), "@PORT@": str(port), "@CONSOLE_LOG@": str(console)}.items():
+        xml = xml.replace(key, value)
+    return xml
+
+
+def wait_for_agent(domain: Any, timeout: float = BOOT_TIMEOUT, console: Path | None = None) -> None:
+    """Poll guest-ping until the guest's qemu-ga answers; AssertionError (with the console's tail) if never."""
+    import libvirt
+    import libvirt_qemu
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            libvirt_qemu.qemuAgentCommand(domain, '{"execute":"guest-ping"}', 2, 0)
+            return
+        except libvirt.libvirtError:
+            if time.monotonic() > deadline:
+                tail = console.read_text()[-2000:] if console and console.exists() else ""
+                raise AssertionError(f"the guest agent never answered; console: {tail}") from None
+            time.sleep(0.25)
