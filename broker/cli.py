@@ -248,10 +248,17 @@ def _reconcile_now(r: Runtime) -> dict[str, dict[str, int]]:
     return {name: schedule.reconcile_backend(r, bid) for name, bid in ids.items()}
 
 
+def _gpu_sweep(r: Runtime) -> int:
+    from broker import gpu_queue
+
+    return gpu_queue.sweep(r)
+
+
 sweep.command("suspend", help="Suspend idle labs.")(_sweep_command("suspended", schedule.suspend_idle))
 sweep.command("reap", help="Delete labs unused too long.")(_sweep_command("deleting", schedule.reap))
 sweep.command("expire", help="Recover or fail labs past their deadline.")(_sweep_command("expired", schedule.expire_stuck))
 sweep.command("reconcile", help="Compare backends with the database.")(_sweep_command("reconciled", _reconcile_now))
+sweep.command("gpus", help="Free GPUs that ended labs hold; start who is next.")(_sweep_command("granted", _gpu_sweep))
 
 
 # -- processes ------------------------------------------------------------------------------------------
@@ -354,5 +361,6 @@ def demo_seed() -> None:
 
 
 from broker.cli_images import images_group  # noqa: E402  (built on the helpers above)
+from broker.cli_gpus import gpus_group, watch  # noqa: E402
 
-COMMANDS = [db, labs, backends, sweep, worker, scheduler, run_all, demo, images_group]
+COMMANDS = [db, labs, backends, sweep, worker, scheduler, run_all, demo, images_group, gpus_group, watch]

@@ -218,3 +218,31 @@ def _fail(session: Session, lab: Lab, user_message: str, reason: str) -> None:
 def _move(reason: str) -> Move:
     job = get_current_job()
     return Move(reason=reason, actor="worker", job_id=job.id if job else None)
+
+
+def nudge_request(lab_id: int, queue: str, stamp: int) -> JobRequest:
+    """The job `labdesk watch` enqueues when a backend reports a change to a lab's object."""
+    return JobRequest(queue, f"nudge-{lab_id}-{stamp}", nudge_lab, (lab_id,))
+
+
+def nudge_lab(lab_id: int) -> None:
+    """The backend says something happened to this lab: look now rather than at the next poll.
+
+    A lab in progress is driven once, inline (its own polling job then finds it moved on); a running lab
+    whose machine stopped or vanished under it fails at once, instead of at the reconciler's next pass.
+    """
+    rt = runtime.current()
+    with rt.session() as session:
+        lab = session.get(Lab, lab_id)
+        if lab is None or lab.handle is None:
+            return
+        state, recoveries = lab.state, lab.recoveries
+        if S(state) in STEPS and lab.backend_call is not None:
+            session.close()
+            advance_lab(lab_id, state, recoveries)
+            return
+        if state != S.RUNNING:
+            return
+        seen = rt.connector(lab.backend).observe(lab.handle)
+        if seen.state in (ObservedState.GONE, ObservedState.ERROR):
+            _fail(session, lab, _STOPPED, f"backend event: {seen.message or seen.state.value}")

@@ -13,11 +13,14 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from broker import gpu_queue, gpus, schedule, services
+from broker import gpu_queue, gpus, jobs, runtime, schedule, services
+from broker.config import Settings
 from broker.lifecycle import LabState
 from broker.models import Activity, Backend, GpuRequest, GpuSlot, Image, Lab
 from broker.runtime import Runtime
+from tests.support.inline import run_queued_jobs
 from tests.support.waiting import wait_until
+from tests.test_cli import cli_env, invoke
 from tests.support.workers import WorkerPool
 from tests.support.world import World, add_learner, make_world
 
@@ -211,3 +214,38 @@ def test_a_lab_asking_for_another_model_waits_even_with_units_free(rt: Runtime, 
         assert gpus.queue_status(session, rt.settings, row) == {"position": 1, "blocked": False, "estimate_seconds": None}
         assert row.message == "All GPUs are in use. You are number 1 in line; your lab starts by itself."
         assert session.scalar(select(Image.slug)) == "img-fake"
+
+
+def test_the_gpus_command_shows_units_holders_and_the_line(rt: Runtime, settings: Settings, fake_dir: Path) -> None:
+    world = gpu_world(rt, fake_dir, 1)
+    env = cli_env(settings)
+    refreshed = invoke(env, "gpus", "refresh", "fake")
+    assert (refreshed.exit_code, refreshed.output) == (0, "fake: 1 GPU units\n")
+    runtime.install(rt)
+    first, second = launch_many(rt, world, 2)
+    run_queued_jobs(rt)  # the first takes the unit and runs; the second waits
+    listed = invoke(env, "gpus", "list", "fake")
+    assert listed.exit_code == 0, listed.output
+    assert listed.output.splitlines() == [
+        f"h1/gpu0                                  nvidia-t4        pci   lab {first}",
+        "waiting:",
+        f"1. lab {second} (course {world.course_id}, nvidia-t4) since {lab(rt, second).created_at.isoformat(timespec='seconds')}",
+    ]
+    unknown = invoke(env, "gpus", "list", "nope")
+    assert unknown.exit_code == 1 and "no backend named 'nope'" in unknown.output
+
+
+def test_a_backend_event_fails_a_running_lab_whose_machine_vanished_at_once(rt: Runtime, fake_dir: Path) -> None:
+    world = make_world(rt, config={"state_dir": str(fake_dir)})
+    runtime.install(rt)
+    launched = services.launch(rt, world.user_id, world.activity_id, "learner")
+    run_queued_jobs(rt)
+    assert state_of(rt, launched.id) == "running"
+    jobs.nudge_lab(launched.id)  # an event with nothing wrong: nothing changes
+    assert state_of(rt, launched.id) == "running"
+
+    (fake_dir / f"labdesk-lab-{launched.id}.json").unlink()  # the machine was destroyed behind our back
+    rt.dispatcher.enqueue(jobs.nudge_request(launched.id, "labdesk-backend-fake", 1))
+    run_queued_jobs(rt)
+    failed = lab(rt, launched.id)
+    assert (failed.state, failed.message) == ("failed", "The lab machine stopped unexpectedly. Reset the lab to start again.")
