@@ -23,6 +23,7 @@ save one (`gpu_save`): it is paused in memory.
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import socket
 import threading
@@ -308,7 +309,7 @@ class LibvirtConnector(Connector):
                 return None
             created = self._ensure_mdev(host, asdict(lab.gpu) if lab.gpu else None)
             if created:
-                _set_mark(domain, {"mdev": created})
+                _set_mark(domain, {**_mark(domain), "mdev": created})
             self._start(host, domain)
         handle = self._handle(lab, host.name)
         handle["mdev_created"] = created
@@ -506,24 +507,43 @@ class LibvirtConnector(Connector):
         creds = self._credentials(int(handle["lab_id"]))
         user = handle.get("user") or DEFAULT_USER
         try:
-            domain.setUserPassword(user, creds.password, 0)
+            self._set_password(domain, user, creds)
             domain.authorizedSSHKeysSet(user, [creds.learner_public_key], libvirt.VIR_DOMAIN_AUTHORIZED_SSH_KEYS_SET_APPEND)
-        except libvirt.libvirtError as exc:
-            if _unreachable(exc):
+        except (libvirt.libvirtError, PermanentError) as exc:
+            if isinstance(exc, libvirt.libvirtError) and _unreachable(exc):
                 raise
             log.warning("lab %s: setting the credentials of %s failed: %s", handle["lab_id"], user, _message(exc))
-            return f"The lab machine's account {user!r} could not be prepared: {_message(exc)}"
+            return f"The lab machine's account {user!r} could not be prepared."
         _set_mark(domain, {**_mark(domain), "credentials": "set"})
         return ""
 
+    def _set_password(self, domain: Any, user: str, creds: LabCredentials) -> None:
+        """guest-set-user-password; where the guest lacks `chpasswd` (which qemu-ga runs for it, as on
+        busybox images), the SHA-512 hash is written into /etc/shadow by guest-exec instead."""
+        try:
+            domain.setUserPassword(user, creds.password, 0)
+            return
+        except libvirt.libvirtError as exc:
+            if _unreachable(exc) or "passwd" not in _message(exc):
+                raise
+            log.info("guest of %s has no chpasswd; writing the password hash directly", domain.name())
+        script = 'grep -q "^$0:" /etc/shadow || exit 3; sed -i "s|^$0:[^:]*:|$0:$1:|" /etc/shadow'
+        status = _agent_run(domain, ["/bin/sh", "-c", script, user, creds.password_hash], self.settings.agent_timeout)
+        if status != 0:
+            raise PermanentError(f"setting the password of {user} by guest-exec: exit status {status}", REFUSED)
+
     def _endpoints(self, host: HostSettings, handle: Handle, domain: Any) -> list[DesktopEndpoint]:
-        """One endpoint per protocol of the image's first machine, the image's default protocol first."""
+        """One endpoint per protocol of the image's first machine, the image's default protocol first; "vnc"
+        is the domain's VNC console when it has one (then also offered, last, when the image lists no VNC)."""
         graphics = domain_xml.read_ports(domain.XMLDesc(0))
         forwards = _forwards(_mark(domain))
         guest_ip = ""
         creds = self._credentials(int(handle["lab_id"]))
         found = []
-        for protocol, guest_port in handle.get("ports") or []:
+        ports = [tuple(p) for p in handle.get("ports") or []]
+        if handle.get("graphics", "vnc") == "vnc" and "vnc" not in {p for p, _ in ports}:
+            ports.append(("vnc", 0))  # the VNC console: always there, the last choice
+        for protocol, guest_port in ports:
             if protocol == "vnc" and handle.get("graphics", "vnc") == "vnc":
                 address, port = host.address, int(graphics.get("vnc") or 0)
             elif self.settings.network.type == "user":
@@ -859,6 +879,23 @@ def _set_mark(domain: Any, values: Mapping[str, str]) -> None:
     element = ET.Element("state", {key: str(value) for key, value in values.items() if value})
     flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG | (libvirt.VIR_DOMAIN_AFFECT_LIVE if domain.isActive() else 0)
     domain.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, ET.tostring(element, encoding="unicode"), STATE_KEY, _state_ns(), flags)
+
+
+def _agent_run(domain: Any, argv: list[str], timeout: float) -> int | None:
+    """Run a command in the guest through the agent (guest-exec, then guest-exec-status until it exits):
+    its exit status, or None if it did not finish within `timeout` seconds."""
+    def call(execute: str, arguments: dict[str, Any]) -> Any:
+        message = json.dumps({"execute": execute, "arguments": arguments})
+        return json.loads(libvirt_qemu.qemuAgentCommand(domain, message, int(timeout), 0))["return"]
+
+    pid = call("guest-exec", {"path": argv[0], "arg": argv[1:], "capture-output": False})["pid"]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = call("guest-exec-status", {"pid": pid})
+        if status.get("exited"):
+            return int(status.get("exitcode", -1))
+        time.sleep(0.1)
+    return None
 
 
 def _undefine(domain: Any) -> None:

@@ -6,7 +6,11 @@ One copy of what the guest-agent hook's tests and the libvirt connector's tests 
   to read, hence /var/tmp), starts libvirtd + virtlogd with `start-libvirtd` only if no libvirtd answers, yields
   the URI, and stops the daemons at the end only if it started them (never one someone else runs);
 * `tiny_domain_xml()` fills `examples/domain-tiny.xml.in`; `wait_for_agent()` polls guest-ping;
-* `Guest`: a running domain with an `exec` that goes straight through the agent (not through the code under test).
+* `Guest`: a running domain with an `exec` that goes straight through the agent (not through the code under test);
+* `qemu_backend()`: a libvirt connector backend on that libvirtd whose pool is a transient dir pool under
+  /var/tmp (QEMU runs as libvirt-qemu: every directory above the files must be world-searchable) holding
+  links to the guest's vmlinuz and initrd.img and an empty qcow2 base made through the pool API, so each lab
+  really gets an overlay (the guest ignores disks); `tiny_params()`: the guest as a catalogue entry.
 """
 
 from __future__ import annotations
@@ -14,8 +18,10 @@ from __future__ import annotations
 import base64
 import json
 import os
+import secrets
 import shutil
 import subprocess
+import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -137,3 +143,58 @@ def wait_for_agent(domain: Any, timeout: float = BOOT_TIMEOUT, console: Path | N
                 tail = console.read_text()[-2000:] if console and console.exists() else ""
                 raise AssertionError(f"the guest agent never answered; console: {tail}") from None
             time.sleep(0.25)
+
+
+KERNEL_CMDLINE = "console=ttyS0 panic=-1 ipv6.disable=1"
+TINY_MAC = "52:54:00:ab:cd:99"  # the tiny guest gives 10.0.2.15 (the user-mode forward's target) to this MAC only
+
+
+@contextmanager
+def qemu_backend() -> Iterator[dict[str, Any]]:
+    """A libvirt backend config on qemu:///system with a pool of its own; removed afterwards."""
+    with running_libvirtd() as uri:
+        import libvirt
+
+        conn = libvirt.open(uri)
+        directory = Path(tempfile.mkdtemp(prefix="labdesk-pytest-pool-", dir="/var/tmp"))
+        directory.chmod(0o755)
+        for name in ("vmlinuz", "initrd.img"):
+            try:
+                os.link(GUEST_DIR / name, directory / name)
+            except OSError:
+                shutil.copy(GUEST_DIR / name, directory / name)
+            (directory / name).chmod(0o644)
+        name = f"labdesk-pytest-{secrets.token_hex(4)}"
+        pool = conn.storagePoolCreateXML(
+            f"<pool type='dir'><name>{name}</name><target><path>{directory}</path></target></pool>", 0)
+        try:
+            pool.createXML("<volume><name>base.qcow2</name><capacity unit='MiB'>64</capacity>"
+                           "<target><format type='qcow2'/></target></volume>", 0)
+            yield {
+                "hosts": [{"name": "local", "uri": uri, "vcpus": 4, "memory_mb": 2048, "pool": name}],
+                "domain_type": "qemu",
+                "network": {"type": "user"},
+                "forward_ports": [44000, 44999],
+                "boot_timeout": BOOT_TIMEOUT,
+                "name_prefix": "labdeskpytest",
+                "credential_seed": "real-qemu-" + secrets.token_hex(8),
+            }
+        finally:
+            for volume in pool.listAllVolumes():
+                volume.delete(0)
+            pool.destroy()
+            conn.close()
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def tiny_params(graphics: str = "vnc") -> dict[str, Any]:
+    """The tiny guest as a catalogue entry: kernel boot, the agent, SSH as `lab`, no cloud-init."""
+    return {
+        "resources": {"vcpu": 1, "ram_mb": 256, "disk_gb": 1},
+        "hosts": [{"name": "main", "ports": [{"protocol": "ssh", "port": 22}]}],
+        "lab_user": {"name": "lab"},
+        "backends": {"libvirt": {
+            "base_image": "base.qcow2", "kernel": "vmlinuz", "initrd": "initrd.img", "cmdline": KERNEL_CMDLINE,
+            "cloud_init": False, "guest_agent": True, "machine": "pc", "graphics": graphics, "mac": TINY_MAC,
+        }},
+    }
