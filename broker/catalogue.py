@@ -94,10 +94,15 @@ class HeatBackend:
 
 @dataclass(frozen=True)
 class LibvirtBackend:
-    base_image: str
+    base_image: str | None = None  # a disk image volume; or none, for a kernel + initrd guest
     machine: str = "q35"
     video: str = "virtio"
     graphics: str = "vnc"
+    kernel: str | None = None  # direct kernel boot: volumes in the host's image pool
+    initrd: str | None = None
+    cmdline: str | None = None
+    cloud_init: bool = False  # normalized: true by default when there is a base image
+    guest_agent: bool = True
 
 
 @dataclass(frozen=True)
@@ -496,18 +501,53 @@ def _heat_hooks(r: _Reader, raw: Any) -> dict[str, str] | None:
     return None if None in scripts.values() else scripts  # type: ignore[return-value]
 
 
+LIBVIRT_OPTIONS = (
+    "base_image", "machine", "video", "graphics", "kernel", "initrd", "cmdline", "cloud_init", "guest_agent",
+)
+LIBVIRT_CHOICES = (("machine", MACHINES), ("video", VIDEOS), ("graphics", GRAPHICS))
+VOLUME = "a volume name in the host's image pool"
+
+
 def _libvirt(r: _Reader, raw: Any) -> LibvirtBackend | None:
-    table = r.table(raw, "backends.libvirt", ("base_image",), ("machine", "video", "graphics"))
-    if table is None or "base_image" not in table:
+    table = r.table(raw, "backends.libvirt", (), LIBVIRT_OPTIONS)
+    if table is None:
         return None
-    base = r.text(table["base_image"], "backends.libvirt.base_image", POOL_NAME, "a volume name in the host's image pool")
-    options = {
-        name: r.choice(table[name], f"backends.libvirt.{name}", choices, name.rstrip("s"))
-        for name, choices in (("machine", MACHINES), ("video", VIDEOS), ("graphics", GRAPHICS)) if name in table
+    key = "backends.libvirt"
+    volumes = {
+        name: r.text(table[name], f"{key}.{name}", POOL_NAME, VOLUME) for name in ("base_image", "kernel", "initrd")
+        if name in table
     }
-    if base is None or None in options.values():
+    options: dict[str, Any] = {
+        name: r.choice(table[name], f"{key}.{name}", choices, name.rstrip("s"))
+        for name, choices in LIBVIRT_CHOICES if name in table
+    }
+    if "cmdline" in table:
+        options["cmdline"] = r.text(table["cmdline"], f"{key}.cmdline", what="a kernel command line")
+    flags = {name: _flag(r, table[name], f"{key}.{name}") for name in ("cloud_init", "guest_agent") if name in table}
+    if not _libvirt_boot(r, table):
         return None
-    return LibvirtBackend(base, **options)  # type: ignore[arg-type]
+    if None in volumes.values() or None in options.values() or None in flags.values():
+        return None
+    flags.setdefault("cloud_init", "base_image" in table)
+    return LibvirtBackend(**volumes, **options, **flags)
+
+
+def _libvirt_boot(r: _Reader, table: dict[str, Any]) -> bool:
+    """A guest boots from a disk image or a kernel; initrd and cmdline belong to a kernel."""
+    if "base_image" not in table and "kernel" not in table:
+        r.problem("backends.libvirt", "needs base_image (a disk image) or kernel (direct kernel boot), or both")
+        return False
+    alone = [name for name in ("initrd", "cmdline") if name in table and "kernel" not in table]
+    for name in alone:
+        r.problem(f"backends.libvirt.{name}", "only with kernel (direct kernel boot)")
+    return not alone
+
+
+def _flag(r: _Reader, raw: Any, key: str) -> bool | None:
+    if not isinstance(raw, bool):
+        r.problem(key, f"expected true or false, got {_show(raw)}")
+        return None
+    return raw
 
 
 def _vagrant(r: _Reader, raw: Any) -> VagrantBackend | None:
