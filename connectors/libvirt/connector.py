@@ -25,12 +25,13 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import os
 import socket
 import threading
 import time
 import xml.etree.ElementTree as ET
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any, Callable, Iterator, Mapping
 
 import libvirt
@@ -91,6 +92,7 @@ class LibvirtConnector(Connector):
         super().__init__(name, config)
         self.settings: LibvirtSettings = settings_module.parse(name, config)
         self._connections: dict[str, Any] = {}
+        self._pid = os.getpid()
         self._lock = threading.Lock()
         libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # errors still raise libvirtError
 
@@ -138,13 +140,15 @@ class LibvirtConnector(Connector):
         host = self._host(handle)
         with self._errors(host, "resuming the lab"), _gone_is_none():
             domain = self._lookup(host, handle["domain"])
-            state, reason = domain.state()
+            state = domain.state()[0]
             if state == libvirt.VIR_DOMAIN_PAUSED:
                 domain.resume()
             elif state == libvirt.VIR_DOMAIN_PMSUSPENDED:
                 domain.pMWakeup(0)
             elif state == libvirt.VIR_DOMAIN_SHUTOFF and domain.hasManagedSaveImage(0):
-                self._ensure_mdev(host, handle.get("gpu"))
+                created = self._ensure_mdev(host, handle.get("gpu"))  # another unit's, after rebind_gpu
+                if created:
+                    _set_mark(domain, {**_mark(domain), "mdev": created})
                 self._start(host, domain)
 
     def delete(self, handle: Handle) -> None:
@@ -156,7 +160,7 @@ class LibvirtConnector(Connector):
             created_mdev = handle.get("mdev_created") or ""
             with _gone_is_none():
                 domain = self._lookup(host, name)
-                created_mdev = created_mdev or _mark(domain).get("mdev", "")
+                created_mdev = created_mdev or _mark(domain).get("mdev") or _mark(domain, config=True).get("mdev", "")
                 if domain.isActive():
                     _ignore_invalid(domain.destroy)
                 _undefine(domain)
@@ -300,7 +304,11 @@ class LibvirtConnector(Connector):
     def _create_on(self, host: HostSettings, lab: _Lab, spec: LabSpec) -> Handle | None:
         """Create and start the lab on `host`; None when, once defined, it turned out not to fit there."""
         with self._errors(host, f"creating domain {lab.domain}"):
-            disks = self._disks(host, lab)
+            try:
+                disks = self._disks(host, lab)
+            except (ConnectorError, libvirt.libvirtError):
+                self._delete_volumes_quietly(host, lab.domain)  # no domain yet: list_managed would never find them
+                raise
             domain = self._define(host, lab, disks)
             if not self._fits(host, lab.domain):
                 log.info("lab %s: %s filled up meanwhile; trying another host", lab.lab_id, host.name)
@@ -321,13 +329,13 @@ class LibvirtConnector(Connector):
         try:
             images = self._pool(host, host.image_pool)
             storage = self._pool(host, host.pool)
+            for key in ("kernel", "initrd"):  # looked up first: a missing one creates nothing
+                if lab.boot.get(key):
+                    paths[key] = volumes.path_of(images, lab.boot[key])
             if lab.base_image:
                 capacity = max(lab.disk_gb, volumes.capacity_gb(images, lab.base_image))
                 backing = volumes.path_of(images, lab.base_image)
                 paths["disk"] = volumes.ensure_overlay(storage, _overlay_name(lab.domain), capacity, backing)
-            for key in ("kernel", "initrd"):
-                if lab.boot.get(key):
-                    paths[key] = volumes.path_of(images, lab.boot[key])
         except volumes.VolumeMissing as exc:
             raise PermanentError(f"libvirt host {host.name}: image {lab.image}: {exc}", BROKEN_IMAGE) from None
         if lab.cloud_init:
@@ -347,14 +355,16 @@ class LibvirtConnector(Connector):
         """Define the domain with host ports no other LabDesk domain on the host uses (checked again after
         the define, as another worker may have taken the same ports meanwhile)."""
         conn = self._conn(host)
+        uuid = None  # a redefine must keep the first define's UUID, or libvirt refuses it
         for _attempt in range(5):
             forwards = self._free_ports(host, lab, exclude=lab.domain)
-            plan = self._plan(host, lab, disks, forwards)
+            plan = replace(self._plan(host, lab, disks, forwards), uuid=uuid)
             mark = {"forwards": ",".join(f"{guest}:{port}" for guest, port in sorted(forwards.items()))}
             domain = conn.defineXML(_with_mark(domain_xml.domain_xml(plan), mark))
             clash = set(forwards.values()) & self._used_ports(host, exclude=lab.domain)
             if not clash:
                 return domain
+            uuid = domain.UUIDString()
             log.info("lab %s: ports %s taken meanwhile on %s; choosing again", lab.lab_id, sorted(clash), host.name)
         raise TransientError(f"libvirt host {host.name}: no stable forwarded ports for {lab.domain}", NOT_ANSWERING)
 
@@ -667,6 +677,8 @@ class LibvirtConnector(Connector):
     def _conn(self, host: HostSettings) -> Any:
         """The host's connection, opened once and kept (the test driver's state lives in its connection)."""
         with self._lock:
+            if self._pid != os.getpid():  # a forked rq work horse: the parent's sockets are not ours to use
+                self._connections, self._pid = {}, os.getpid()
             conn = self._connections.get(host.name)
             if conn is not None and (_is_test(host) or _alive(conn)):
                 return conn
@@ -705,6 +717,12 @@ class LibvirtConnector(Connector):
         storage = self._pool(host, host.pool)
         for volume in (_overlay_name(name), _seed_name(name)):
             volumes.delete(storage, volume)
+
+    def _delete_volumes_quietly(self, host: HostSettings, name: str) -> None:
+        try:
+            self._delete_volumes(host, name)
+        except (ConnectorError, libvirt.libvirtError) as exc:
+            log.warning("libvirt host %s: volumes of %s left behind: %s", host.name, name, exc)
 
     def _host(self, handle: Handle) -> HostSettings:
         try:
@@ -853,10 +871,12 @@ def _state_ns() -> str:
     return domain_xml.METADATA_NS.rstrip("/") + "/state"
 
 
-def _mark(domain: Any) -> dict[str, str]:
-    """Our runtime marks on the domain (credentials set, start time, created mdev): {} when none."""
+def _mark(domain: Any, config: bool = False) -> dict[str, str]:
+    """Our runtime marks on the domain (forwards, credentials set, start time, created mdev): {} when none.
+    The live domain's, or with `config` its persistent definition's (they differ after a restore)."""
     try:
-        text = domain.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, _state_ns(), 0)
+        flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG if config else 0
+        text = domain.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, _state_ns(), flags)
     except libvirt.libvirtError as exc:
         if exc.get_error_code() in (libvirt.VIR_ERR_NO_DOMAIN_METADATA, libvirt.VIR_ERR_NO_DOMAIN):
             return {}

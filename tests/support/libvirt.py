@@ -168,15 +168,16 @@ def qemu_backend() -> Iterator[dict[str, Any]]:
         pool = conn.storagePoolCreateXML(
             f"<pool type='dir'><name>{name}</name><target><path>{directory}</path></target></pool>", 0)
         try:
+            first = 44000 + 100 * secrets.randbelow(50)
             pool.createXML("<volume><name>base.qcow2</name><capacity unit='MiB'>64</capacity>"
                            "<target><format type='qcow2'/></target></volume>", 0)
             yield {
                 "hosts": [{"name": "local", "uri": uri, "vcpus": 4, "memory_mb": 2048, "pool": name}],
                 "domain_type": "qemu",
                 "network": {"type": "user"},
-                "forward_ports": [44000, 44999],
+                "forward_ports": [first, first + 99],  # each run its own ports and prefix: runs may overlap
                 "boot_timeout": BOOT_TIMEOUT,
-                "name_prefix": "labdeskpytest",
+                "name_prefix": f"ldt{secrets.token_hex(4)}",
                 "credential_seed": "real-qemu-" + secrets.token_hex(8),
             }
         finally:

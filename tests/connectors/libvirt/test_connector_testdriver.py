@@ -263,8 +263,10 @@ def test_a_refused_vgpu_creation_is_a_clear_permanent_error(tmp_path: Path) -> N
 
 
 def test_cloud_init_needs_an_upload_the_test_driver_lacks(rack: LibvirtConnector) -> None:
+    lab = spec(lab_params(cloud_init=True))
     with pytest.raises(PermanentError, match="cannot upload a cloud-init seed"):
-        rack.provision(spec(lab_params(cloud_init=True)))
+        rack.provision(lab)
+    assert not any(name.startswith(f"labdesk-lab-{lab.lab_id}") for name in volume_names(rack, "rack"))  # no overlay left
 
 
 def test_an_unreachable_host_is_transient(tmp_path: Path) -> None:
