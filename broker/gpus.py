@@ -107,7 +107,7 @@ def dispatch(session: Session, settings: Settings, backend_id: int) -> list[int]
     for request in order.served:
         if not free:
             break
-        for slot in _preferred(free, _previous_key(session, request.request_id), request.model):
+        for slot in _preferred(free, _previous_slot(session, backend_id, request.request_id), request.model):
             if _take(session, slot, request):
                 free.remove(slot)
                 granted.append(request.lab_id)
@@ -115,14 +115,20 @@ def dispatch(session: Session, settings: Settings, backend_id: int) -> list[int]
     return granted
 
 
-def _preferred(free: list[GpuSlot], previous_key: str, model: str) -> list[GpuSlot]:
-    """The free units that fit a request, the one it held before first (a saved lab resumes as it was)."""
+def _preferred(free: list[GpuSlot], previous: GpuSlot | None, model: str) -> list[GpuSlot]:
+    """The free units that fit a request. A lab that held a unit before (saved to disk, GPU let go) takes
+    that one first, and only units on the same host: its saved machine cannot move to another host."""
     fitting = [slot for slot in free if compatible(model, slot.model)]
-    return sorted(fitting, key=lambda slot: slot.key != previous_key)
+    if previous is None:
+        return fitting
+    return sorted((slot for slot in fitting if slot.host == previous.host), key=lambda slot: slot.key != previous.key)
 
 
-def _previous_key(session: Session, request_id: int) -> str:
-    return session.scalar(select(GpuRequest.previous_key).where(GpuRequest.id == request_id)) or ""
+def _previous_slot(session: Session, backend_id: int, request_id: int) -> GpuSlot | None:
+    key = session.scalar(select(GpuRequest.previous_key).where(GpuRequest.id == request_id))
+    if not key:
+        return None
+    return session.scalar(select(GpuSlot).where(GpuSlot.backend_id == backend_id, GpuSlot.key == key))
 
 
 def _take(session: Session, slot: GpuSlot, request: Waiting) -> bool:

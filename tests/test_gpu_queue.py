@@ -249,3 +249,33 @@ def test_a_backend_event_fails_a_running_lab_whose_machine_vanished_at_once(rt: 
     run_queued_jobs(rt)
     failed = lab(rt, launched.id)
     assert (failed.state, failed.message) == ("failed", "The lab machine stopped unexpectedly. Reset the lab to start again.")
+
+
+def test_a_saved_lab_waits_for_a_unit_on_its_own_host(rt: Runtime, fake_dir: Path) -> None:
+    """Its saved machine cannot move hosts: a free unit elsewhere does not help it."""
+    two_hosts = [{"key": "h1/gpu0", "host": "h1", "model": "nvidia-t4"}, {"key": "h2/gpu0", "host": "h2", "model": "nvidia-t4"}]
+    world = gpu_world(rt, fake_dir, 0)
+    with rt.session() as session:
+        backend = session.get(Backend, world.backend_id)
+        backend.config = {**backend.config, "gpus": two_hosts}
+        session.commit()
+    schedule.check_backend(rt, world.backend_id)
+    saved, other = (services.launch(rt, add_learner(rt, who), world.activity_id, "learner").id for who in ("saver", "other"))
+    with rt.session() as session:
+        for lab_id in (saved, other):
+            gpus.open_request(session, session.get(Lab, lab_id), "nvidia-t4")
+        assert sorted(gpus.dispatch(session, rt.settings, world.backend_id)) == sorted([saved, other])
+        assert gpus.held_unit(session, saved).host == "h1"  # first come, first unit (keys in order)
+        gpus.release(session, saved)  # saved to disk, GPU let go...
+        gpus.release(session, other)
+        newcomer = services.launch(rt, add_learner(rt, "newcomer"), world.activity_id, "learner").id
+        gpus.open_request(session, session.get(Lab, newcomer), "nvidia-t4")
+        assert gpus.dispatch(session, rt.settings, world.backend_id) == [newcomer]  # ...and h1's unit went to a newcomer
+        assert gpus.held_unit(session, newcomer).host == "h1"
+        session.get(Lab, saved).state = "resuming"
+        session.commit()
+        gpus.open_request(session, session.get(Lab, saved), "nvidia-t4")  # it comes back
+        assert gpus.dispatch(session, rt.settings, world.backend_id) == []  # h2 is free, but not its host
+        gpus.release(session, newcomer)
+        assert gpus.dispatch(session, rt.settings, world.backend_id) == [saved]
+        assert gpus.held_unit(session, saved).key == "h1/gpu0"
