@@ -55,7 +55,8 @@ def gpus_list(backend: str, as_json: bool) -> None:
 
 
 def _lines(data: dict[str, Any]) -> list[str]:
-    units = [f"{u['key']:<40} {u['model']:<16} {u['kind']:<5} "
+    width = max((len(u["key"]) for u in data["units"]), default=0)
+    units = [f"{u['key']:<{width}}  {u['model']:<16} {u['kind']:<5} "
              f"{'lab ' + str(u['lab']) if u['lab'] else 'free' if u['present'] else 'gone'}" for u in data["units"]]
     waiting = [f"{n}. lab {w['lab']} (course {w['course']}, {w['model']}) since {w['since']}"
                for n, w in enumerate(data["waiting"], 1)]

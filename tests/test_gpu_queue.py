@@ -227,7 +227,7 @@ def test_the_gpus_command_shows_units_holders_and_the_line(rt: Runtime, settings
     listed = invoke(env, "gpus", "list", "fake")
     assert listed.exit_code == 0, listed.output
     assert listed.output.splitlines() == [
-        f"h1/gpu0                                  nvidia-t4        pci   lab {first}",
+        f"h1/gpu0  nvidia-t4        pci   lab {first}",
         "waiting:",
         f"1. lab {second} (course {world.course_id}, nvidia-t4) since {lab(rt, second).created_at.isoformat(timespec='seconds')}",
     ]
