@@ -103,6 +103,7 @@ class LibvirtBackend:
     cmdline: str | None = None
     cloud_init: bool = False  # normalized: true by default when there is a base image
     guest_agent: bool = True
+    mac: str | None = None  # a fixed MAC for images whose network set-up keys on it (user-mode NIC only)
 
 
 @dataclass(frozen=True)
@@ -502,8 +503,9 @@ def _heat_hooks(r: _Reader, raw: Any) -> dict[str, str] | None:
 
 
 LIBVIRT_OPTIONS = (
-    "base_image", "machine", "video", "graphics", "kernel", "initrd", "cmdline", "cloud_init", "guest_agent",
+    "base_image", "machine", "video", "graphics", "kernel", "initrd", "cmdline", "cloud_init", "guest_agent", "mac",
 )
+MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}\Z")
 LIBVIRT_CHOICES = (("machine", MACHINES), ("video", VIDEOS), ("graphics", GRAPHICS))
 VOLUME = "a volume name in the host's image pool"
 
@@ -523,6 +525,8 @@ def _libvirt(r: _Reader, raw: Any) -> LibvirtBackend | None:
     }
     if "cmdline" in table:
         options["cmdline"] = r.text(table["cmdline"], f"{key}.cmdline", what="a kernel command line")
+    if "mac" in table:
+        options["mac"] = r.text(table["mac"], f"{key}.mac", MAC, 'a lower-case MAC address such as "52:54:00:ab:cd:99"')
     flags = {name: _flag(r, table[name], f"{key}.{name}") for name in ("cloud_init", "guest_agent") if name in table}
     if not _libvirt_boot(r, table):
         return None

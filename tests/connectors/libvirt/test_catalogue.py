@@ -83,3 +83,12 @@ def test_the_spec_carries_the_normalized_flags(root: Path) -> None:
 ])
 def test_bad_libvirt_tables_are_refused_with_the_key(root: Path, table: str, expected: list[str]) -> None:
     assert problems(root, table) == expected
+
+
+
+def test_a_fixed_mac_is_accepted_and_a_malformed_one_named(root: Path) -> None:
+    assert libvirt_of(root, 'kernel = "vmlinuz"\nmac = "52:54:00:ab:cd:99"\n').mac == "52:54:00:ab:cd:99"
+    assert libvirt_of(root, 'kernel = "vmlinuz"\n').mac is None
+    assert problems(root, 'kernel = "vmlinuz"\nmac = "52:54:00:AB:CD"\n') == [
+        'backends.libvirt.mac: expected a lower-case MAC address such as "52:54:00:ab:cd:99", got "52:54:00:AB:CD"'
+    ]
