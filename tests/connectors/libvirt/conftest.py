@@ -13,14 +13,15 @@ from typing import Any, Iterable
 
 import pytest
 
-HOSTS = Path(__file__).resolve().parent / "hosts"
+from tests.connectors.libvirt import host_file
+
 SEED = "libvirt-tests-seed"
 
 
 def host_uri(tmp_path: Path, name: str, source: str = "gpu-rack.xml", volumes: Iterable[str] = ("base.qcow2", "vmlinuz", "initrd.img"),
               memory_kib: int | None = None) -> str:
     """A `test:///...` URI of a copy of hosts/<source> whose default pool holds `volumes`."""
-    xml = (HOSTS / source).read_text()
+    xml = host_file(source).read_text()
     added = "".join(f"<volume><name>{v}</name><capacity unit='GiB'>2</capacity><target><format type='qcow2'/></target></volume>"
                     for v in volumes)
     xml = re.sub(r"(<pool type='dir'>.*?</target>)", lambda m: m.group(1) + added, xml, count=1, flags=re.S)
