@@ -177,6 +177,28 @@ def test_an_unknown_connector_kind_names_the_installed_ones() -> None:
     assert "fake" in str(caught.value) and "local" in str(caught.value)
 
 
+def test_a_connector_whose_sdk_is_missing_is_left_out_and_named_when_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo installs no libvirt-python: the worker must still load the other connectors."""
+    from importlib.metadata import EntryPoint
+
+    from broker import registry
+
+    broken = EntryPoint("gpu-cloud", "labdesk_no_such_sdk.connector:Cloud", registry.GROUP)
+    real = registry.entry_points(group=registry.GROUP)
+    monkeypatch.setattr(registry, "entry_points", lambda group: [*real, broken])
+    registry._load.cache_clear()
+    try:
+        assert "gpu-cloud" not in registry.connector_kinds() and registry.connector_kinds()["fake"] is FakeConnector
+        with pytest.raises(UnknownBackend) as caught:
+            registry.connector_class("gpu-cloud")
+        assert str(caught.value) == (
+            "connector kind 'gpu-cloud' cannot load on this host: No module named 'labdesk_no_such_sdk' "
+            "(install its extra, e.g. pip install 'labdesk[gpu-cloud]')"
+        )
+    finally:
+        registry._load.cache_clear()
+
+
 def test_two_encryption_keys_given_as_a_tuple_are_both_kept() -> None:
     settings = load_settings(environ={}, overrides={"encryption_keys": ("new-key", "old-key")})
 
