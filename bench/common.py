@@ -44,6 +44,15 @@ def drop_pg_database(url: str) -> None:
     drop_scratch_database(PG_ADMIN_URL, url)
 
 
+def scratch_database_url(kind: str, work: Path) -> str:
+    """A fresh database of `kind`: a scratch PostgreSQL database, or an SQLite file in `work`."""
+    if kind == "postgres":
+        return create_pg_database()
+    if kind == "sqlite":
+        return f"sqlite:///{work / 'labdesk.sqlite3'}"
+    raise SystemExit(f"unknown database {kind!r}: postgres or sqlite")
+
+
 
 def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
     """The environment that gives a child process (worker, gunicorn) exactly these settings."""

@@ -51,7 +51,7 @@ from typing import Callable, Mapping, Sequence
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from bench.common import create_pg_database, drop_pg_database, summary
+from bench.common import drop_pg_database, scratch_database_url, summary
 from broker import gpu_fairness, gpus, migrate
 from broker.clock import set_clock
 from broker.config import Settings, load_settings
@@ -254,12 +254,7 @@ def run(config: Config, policy: str, database: str, quiet: bool = False) -> RunR
     if policy not in POLICIES:
         raise ValueError(f"unknown policy {policy!r}: {' or '.join(POLICIES)}")
     work = Path(tempfile.mkdtemp(prefix=f"labdesk-bench-gpu-{database}-"))
-    if database == "postgres":
-        url = create_pg_database()
-    elif database == "sqlite":
-        url = f"sqlite:///{work / 'labdesk.sqlite3'}"
-    else:
-        raise SystemExit(f"unknown database {database!r}: postgres or sqlite")
+    url = scratch_database_url(database, work)
     arrivals, learners = scenario(config)
     result = RunResult(policy, database, config, learners, arrivals=arrivals)
     original = gpus.service_order

@@ -62,7 +62,7 @@ import requests
 from redis import Redis
 from sqlalchemy import create_engine, select, text
 
-from bench.common import PG_ADMIN_URL, REDIS_URL, Children, bench_settings, create_pg_database, drop_pg_database, settings_env, summary, wait_for
+from bench.common import PG_ADMIN_URL, REDIS_URL, Children, bench_settings, drop_pg_database, scratch_database_url, settings_env, summary, wait_for
 from bench.keepalive import _answers, by_package, free_port
 from broker import migrate
 from broker.config import Settings
@@ -219,12 +219,7 @@ def main() -> None:
 def run_on(kind: str, lms: SigningPlatform, args: argparse.Namespace, notes: list[str]) -> list[tuple[str, object, str]]:
     """A fresh database of `kind` served by gunicorn: first launches, repeat launches, the lab page; then in-process."""
     work = Path(tempfile.mkdtemp(prefix=f"labdesk-bench-launch-{kind}-"))
-    if kind == "postgres":
-        url = create_pg_database()
-    elif kind == "sqlite":
-        url = f"sqlite:///{work / 'labdesk.sqlite3'}"
-    else:
-        raise SystemExit(f"unknown database {kind!r}: postgres or sqlite")
+    url = scratch_database_url(kind, work)
     try:
         port = args.port or free_port()
         base = f"http://127.0.0.1:{port}"
