@@ -28,6 +28,7 @@ from web.csrf import protect
 from web.checks import checks
 from web.desktop import desktop
 from web.vendor import vendor
+from web.takeaway import takeaways
 from web.presence import PresenceRoute
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -46,7 +47,7 @@ def create_app(settings: Settings | None = None, rt: Runtime | None = None) -> F
     app.config.update(SECRET_KEY=secret_key(settings), **cookie_policy(settings))
     app.extensions["labdesk"] = rt
     app.url_map.converters["id"] = RowId
-    for blueprint in (pages, api, desktop, checks, vendor, health):
+    for blueprint in (pages, api, desktop, checks, takeaways, vendor, health):
         app.register_blueprint(blueprint)
     protect(app)
     lti.web.register(app, settings.emulator)

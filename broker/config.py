@@ -79,6 +79,8 @@ class Settings:
     guacd_check_interval: int = 10  # health check of each guacd
     tunnel_token_ttl: int = 60  # a connection token is single use and valid this long (at most 60)
     tunnel_max_connections: int = 4000  # per tunnel process; more are refused with "server busy"
+    # Take-away bundles (docs/takeaway.md).
+    takeaway_work_limit_mb: int = 32  # the learner's work folder, read as base64 of its tar.gz, at most this many MiB
 
     @property
     def sqlalchemy_url(self) -> str:

@@ -336,3 +336,36 @@ class GpuRequest(Base):
     requested_at: Mapped[datetime] = mapped_column(default=utcnow)
     granted_at: Mapped[datetime | None] = mapped_column()
     released_at: Mapped[datetime | None] = mapped_column()
+
+
+# A take-away export still being built: at most one per lab (a partial unique index, like attempts).
+_PENDING_EXPORT = text("state = 'pending'")
+
+
+class LabExport(Base):
+    """A learner's take-away bundle of a lab (broker.takeaway): the zip to run the lab with `vagrant up`.
+
+    `archive` holds the finished zip, so the download needs no backend; only the lab's newest ready
+    export keeps its bytes (older ones are emptied when a newer one is ready). `message` is safe to show
+    to the learner: why it failed, or a note (an empty work folder).
+    """
+
+    __tablename__ = "lab_exports"
+    __table_args__ = (
+        Index("ix_lab_exports_lab_id_created_at", "lab_id", "created_at"),
+        Index("uq_lab_exports_pending", "lab_id", unique=True, postgresql_where=_PENDING_EXPORT, sqlite_where=_PENDING_EXPORT),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    lab_id: Mapped[int] = mapped_column(ForeignKey("labs.id"))
+    state: Mapped[str] = mapped_column(String(16), default="pending")  # pending, ready, failed
+    # The rq job reading the work folder ("takeaway-<id>"), so an export whose job died can be told from
+    # one still waiting; None when the bundle was built at once (no work folder).
+    job_id: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column()
+    size: Mapped[int | None] = mapped_column(Integer)
+    archive: Mapped[bytes | None] = mapped_column(LargeBinary)
+    message: Mapped[str] = mapped_column(String(500), default="")
+
+    lab: Mapped[Lab] = relationship()
