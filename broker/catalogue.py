@@ -108,8 +108,16 @@ class LibvirtBackend:
 
 @dataclass(frozen=True)
 class VagrantBackend:
+    """A Vagrant box and the Vagrantfile template of the lab (docs/vagrant.md), hosted or taken away."""
+
     box: str
     vagrantfile: str
+    box_version: str | None = None  # a version constraint ("1.2.0", ">= 1.2"); None: the newest installed
+    box_url: str | None = None  # where a learner taking the lab away gets the box (named in the bundle)
+    work_folder: str | None = None  # an absolute folder in the machine the take-away bundle carries along
+    credentials: str | None = None  # a script setting the lab's credentials at first boot (default: shipped)
+    template: str = ""  # the Vagrantfile template's text, embedded at load (a new template is a new version)
+    credentials_script: str = ""  # the credentials script's text, embedded at load
 
 
 @dataclass(frozen=True)
@@ -554,13 +562,31 @@ def _flag(r: _Reader, raw: Any, key: str) -> bool | None:
     return raw
 
 
+VAGRANT_OPTIONS = ("box_version", "box_url", "work_folder", "credentials")
+BOX_VERSION = re.compile(r"[0-9A-Za-z.<>=~!, -]+\Z")
+BOX_URL = re.compile(r"(https?|file)://\S+\Z")
+ABSOLUTE_FOLDER = re.compile(r"/[^\0\n]*\Z")
+
+
 def _vagrant(r: _Reader, raw: Any) -> VagrantBackend | None:
-    table = r.table(raw, "backends.vagrant", ("box", "vagrantfile"))
+    key = "backends.vagrant"
+    table = r.table(raw, key, ("box", "vagrantfile"), VAGRANT_OPTIONS)
     if table is None or "box" not in table or "vagrantfile" not in table:
         return None
-    box = r.text(table["box"], "backends.vagrant.box", BOX, 'a box name such as "labdesk/debian-lab-desktop"')
-    vagrantfile = r.artefact(table["vagrantfile"], "backends.vagrant.vagrantfile")
-    return VagrantBackend(box, vagrantfile) if box and vagrantfile else None
+    box = r.text(table["box"], f"{key}.box", BOX, 'a box name such as "labdesk/debian-lab-desktop"')
+    vagrantfile = r.artefact(table["vagrantfile"], f"{key}.vagrantfile")
+    template = _script_text(r, vagrantfile, f"{key}.vagrantfile") if vagrantfile else None
+    patterns = {"box_version": (BOX_VERSION, 'a version or constraint such as "1.2.0" or ">= 1.2"'),
+                "box_url": (BOX_URL, "an http(s):// or file:// URL"),
+                "work_folder": (ABSOLUTE_FOLDER, 'an absolute folder such as "/home/learner/work"')}
+    options = {name: r.text(table[name], f"{key}.{name}", pattern, what) for name, (pattern, what) in patterns.items() if name in table}
+    credentials = r.artefact(table["credentials"], f"{key}.credentials") if "credentials" in table else None
+    script = _script_text(r, credentials, f"{key}.credentials") if credentials else ""
+    if not (box and vagrantfile and template) or None in options.values() or script is None:
+        return None
+    if "credentials" in table and not credentials:
+        return None
+    return VagrantBackend(box, vagrantfile, credentials=credentials, template=template, credentials_script=script, **options)
 
 
 def _local(r: _Reader, raw: Any) -> LocalBackend | None:

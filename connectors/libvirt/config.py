@@ -38,7 +38,6 @@ Settings (`labdesk backends add NAME --kind libvirt --config '{...}'`):
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import re
 from dataclasses import dataclass, field
@@ -46,6 +45,8 @@ from typing import Any, Collection, Mapping
 from urllib.parse import urlsplit
 
 from broker.errors import ConfigError
+from connectors.settings import choice as _choice, flag as _flag, known as _known, port_range as _port_range
+from connectors.settings import seconds as _seconds, seed as _seed, text as _text, unique as _unique, whole as _whole
 
 HOST_NAME = re.compile(r"[a-z][a-z0-9-]{0,31}\Z")
 PREFIX = re.compile(r"[a-z][a-z0-9-]{0,20}\Z")
@@ -263,22 +264,6 @@ def _network(raw: Any, at: str) -> NetworkSettings:
     return NetworkSettings("network", _text(raw["name"], NETWORK_NAME, f"{at}.name", "a libvirt network name"))
 
 
-def _port_range(raw: Any, at: str) -> tuple[int, int]:
-    ok = isinstance(raw, (list, tuple)) and len(raw) == 2 and all(
-        isinstance(port, int) and not isinstance(port, bool) and 1024 <= port <= 65535 for port in raw)
-    if not ok or raw[0] > raw[1]:
-        raise ConfigError(f"{at}: expected [first, last] with 1024 <= first <= last <= 65535, got {raw!r}")
-    return (raw[0], raw[1])
-
-
-def _seed(raw: Any, require: bool, where: str) -> str | None:
-    if raw is None and not require:
-        return None
-    if not isinstance(raw, str) or not raw:
-        raise ConfigError(f"{where}: the secret credential_seed is missing (labdesk backends add generates one)")
-    return raw
-
-
 def _check_release(settings: LibvirtSettings, where: str) -> None:
     if settings.gpu_on_suspend != "release":
         return
@@ -289,48 +274,3 @@ def _check_release(settings: LibvirtSettings, where: str) -> None:
             "a passthrough GPU cannot be saved to disk, so a paused lab keeps its GPU; use keep, "
             "or set gpu_save = true where every GPU is a vGPU that supports saving (or there is no GPU)"
         )
-
-
-# -- values ---------------------------------------------------------------------------------------------
-def _known(raw: Mapping[str, Any], allowed: tuple[str, ...], at: str) -> None:
-    for key in raw:
-        if key not in allowed:
-            close = difflib.get_close_matches(str(key), allowed, n=1)
-            hint = f'did you mean "{close[0]}"?' if close else f"known: {', '.join(allowed)}"
-            raise ConfigError(f"{at}: {key}: unknown key ({hint})")
-
-
-def _unique(values: list[str], at: str, key: str) -> None:
-    for index, value in enumerate(values):
-        if value in values[:index]:
-            raise ConfigError(f"{at}[{index}]: {key}: {value!r} repeats hosts[{values.index(value)}]")
-
-
-def _text(raw: Any, pattern: re.Pattern[str], at: str, what: str) -> str:
-    if not isinstance(raw, str) or not pattern.match(raw):
-        raise ConfigError(f"{at}: expected {what}, got {raw!r}")
-    return raw
-
-
-def _choice(raw: Any, choices: tuple[str, ...], at: str) -> str:
-    if raw not in choices:
-        raise ConfigError(f"{at}: expected one of {', '.join(choices)}, got {raw!r}")
-    return str(raw)
-
-
-def _whole(raw: Any, low: int, at: str, what: str) -> int:
-    if isinstance(raw, bool) or not isinstance(raw, int) or raw < low:
-        raise ConfigError(f"{at}: expected a whole number >= {low} ({what}), got {raw!r}")
-    return raw
-
-
-def _flag(raw: Any, at: str) -> bool:
-    if not isinstance(raw, bool):
-        raise ConfigError(f"{at}: expected true or false, got {raw!r}")
-    return raw
-
-
-def _seconds(raw: Any, at: str) -> float:
-    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not 0 < raw <= 86_400:
-        raise ConfigError(f"{at}: expected a number of seconds above 0 (at most 86400), got {raw!r}")
-    return float(raw)
