@@ -19,6 +19,17 @@ need_apt() {
   as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
+# /dev/kvm as Debian's udev rules set it (0660 root:kvm; libvirt-qemu is in group kvm). On VMs where it is
+# 0600 root, libvirt sees KVM as unusable by QEMU's user and re-probes QEMU's capabilities before every
+# define and start (~60 s each); the guests themselves run under TCG either way (docs/vagrant.md).
+ensure_kvm_device() {
+  [ -c /dev/kvm ] || return 0
+  getent group kvm >/dev/null || return 0
+  [ "$(stat -c %G /dev/kvm)" = kvm ] && return 0
+  echo "giving /dev/kvm Debian's usual owner and mode (root:kvm 0660)"
+  as_root chgrp kvm /dev/kvm && as_root chmod 0660 /dev/kvm
+}
+
 ensure_redis() {
   if redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then return 0; fi
   echo "starting Redis on 127.0.0.1:6379"
