@@ -53,6 +53,18 @@ class GpuUnit:
 
 
 @dataclass(frozen=True)
+class Box:
+    """A machine image installed on a backend's host for labs to start from (a Vagrant box).
+
+    Admins manage these (`labdesk boxes`); connectors without local images raise Unsupported for them.
+    """
+
+    name: str  # what catalogue entries ask for, e.g. "lab/tiny"
+    provider: str  # the hypervisor it is made for ("libvirt")
+    version: str  # "0" for a box added from a bare box file, which carries no version
+
+
+@dataclass(frozen=True)
 class LabSpec:
     """Everything a connector needs to create one lab; `lab_id` is the idempotency key."""
 
@@ -203,3 +215,23 @@ class Connector(abc.ABC):
     def endpoint(self, handle: Handle) -> DesktopEndpoint:
         """The default endpoint of a lab."""
         return self.endpoints(handle)[0]
+
+    def boxes(self) -> list[Box]:
+        """The machine images installed for this backend's labs. Optional: only backends that keep images
+        on their own host (Vagrant) have any; the others raise Unsupported, which the CLI reports."""
+        raise self._no_boxes()
+
+    def add_box(self, name: str, source: str, version: str | None = None, force: bool = False) -> Box:
+        """Install image `name` from `source` (a local file or a URL the admin gives); what was installed.
+        `force` replaces an installed one of the same name and version instead of refusing."""
+        raise self._no_boxes()
+
+    def remove_box(self, name: str, version: str | None = None, force: bool = False) -> list[Box]:
+        """Remove image `name` (every version, or `version`); what was removed. Refused while a lab of
+        this backend uses it, unless `force`."""
+        raise self._no_boxes()
+
+    def _no_boxes(self) -> Exception:
+        from broker.errors import Unsupported
+
+        return Unsupported(f"backend {self.name} has no boxes to manage ({type(self).__name__}; vagrant backends have)", "")

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from broker.connector import (
+    Box,
     Capability,
     CheckTarget,
     Connector,
@@ -43,6 +44,7 @@ from broker.connector import (
 from broker.errors import CapacityError, PermanentError, TransientError
 from broker.vagrantfile import TemplateError, port_placeholders, provider_block, render
 from connectors.credentials import LabCredentials, derive
+from connectors.vagrant import boxes as box_store
 from connectors.vagrant import config as settings_module
 from connectors.vagrant import errors, ports, records
 from connectors.vagrant.cli import VagrantCli, VagrantError
@@ -326,12 +328,15 @@ class VagrantConnector(Connector):
                 pass  # nothing left to destroy, or Vagrant cannot without the Vagrantfile: pruned next
 
     # -- boxes ---------------------------------------------------------------------------------------------
-    def boxes(self) -> list[records.BoxEntry]:
-        try:
-            result = self.cli.run("box", "list", timeout=self.settings.timeouts["status"])
-        except VagrantError as exc:
-            raise errors.to_broker(exc.kind, exc.message, "vagrant box list") from None
-        return records.boxes(result.output)
+    def boxes(self) -> list[Box]:
+        """The boxes in this backend's VAGRANT_HOME (connectors.vagrant.boxes has the why of all three)."""
+        return box_store.installed(self.cli, self.settings)
+
+    def add_box(self, name: str, source: str, version: str | None = None, force: bool = False) -> Box:
+        return box_store.add(self.cli, self.settings, name, source, version, force)
+
+    def remove_box(self, name: str, version: str | None = None, force: bool = False) -> list[Box]:
+        return box_store.remove(self.cli, self.settings, name, version, force)
 
     # -- small helpers -------------------------------------------------------------------------------------
     def _credentials(self, lab_id: int) -> LabCredentials:

@@ -26,6 +26,21 @@ BOX = ("BoxNotFound", "BoxAddShortNotFound", "BoxNotFoundWithProvider", "BoxNotF
        "BoxNotFoundInCatalog", "BoxAddNoMatchingVersion")
 CONFIG = ("VagrantfileSyntaxError", "VagrantfileLoadError", "VagrantfileNameError", "ConfigInvalid",
           "ConfigValidationFailed", "early-failure", "ProviderNotFound", "ProviderNotUsable", "PluginLoadError")
+# `vagrant box add|remove` failures an admin meets (recorded/box-*.txt): what it means, in one line
+BOX_ADMIN = {
+    "BoxAlreadyExists": "already installed (--force replaces it)",
+    "DownloaderError": "could not be read or downloaded",
+    "BoxMetadataDownloadError": "could not be downloaded",
+    "BoxUnpackageFailure": "is not a Vagrant box (it did not unpack)",
+    "BoxProviderDoesntMatch": "is a box for another provider",
+    "BoxAddNameMismatch": "is named otherwise in its metadata (add it under that name)",
+    "BoxAddDirectVersion": "is a box file, which has no versions (only a metadata .json source has)",
+    "BoxAddNoMatchingVersion": "has no such version",
+    "BoxRemoveNotFound": "is not installed",
+    "BoxRemoveVersionNotFound": "is not installed in that version",
+    "BoxRemoveProviderNotFound": "is not installed for this backend's provider",
+    "BoxRemoveMultiVersion": "has several versions: name one with --version",
+}
 NO_ROOM = ("Cannot allocate memory", "not enough free memory", "Insufficient", "address already in use")
 
 
@@ -53,3 +68,15 @@ def to_broker(kind: str, message: str, doing: str) -> ConnectorError:
     if any(words.lower() in message.lower() for words in NO_ROOM):
         return CapacityError(detail, FULL)
     return PermanentError(detail, FAILED)
+
+
+def box_failure(kind: str, message: str, doing: str) -> ConnectorError:
+    """The error of a failed `vagrant box add|remove`, for the admin who ran it: the command line prints
+    only the first line, and Vagrant's messages put the useful part (the URL's status, the versions there
+    are) last, so the first line is what went wrong plus that part; Vagrant's whole message follows."""
+    meaning = BOX_ADMIN.get(short(kind))
+    if meaning is None:
+        return to_broker(kind, message, doing)
+    said = [line.strip() for line in message.strip().splitlines() if ":" in line]
+    gist = f" ({said[-1]})" if said else ""
+    return PermanentError(f"{doing}: {meaning}{gist}\n{kind}: {message.strip()[:2000]}", BOX_MISSING)
