@@ -8,6 +8,8 @@ helps nobody, and `labdesk labs retry` exists for the rare one that was passing.
 
 from __future__ import annotations
 
+import re
+
 from broker.errors import CapacityError, ConnectorError, PermanentError, TransientError
 
 BUSY = "The lab host is busy with this lab; retrying."
@@ -77,6 +79,15 @@ def box_failure(kind: str, message: str, doing: str) -> ConnectorError:
     meaning = BOX_ADMIN.get(short(kind))
     if meaning is None:
         return to_broker(kind, message, doing)
-    said = [line.strip() for line in message.strip().splitlines() if ":" in line]
-    gist = f" ({said[-1]})" if said else ""
-    return PermanentError(f"{doing}: {meaning}{gist}\n{kind}: {message.strip()[:2000]}", BOX_MISSING)
+    return PermanentError(f"{doing}: {meaning}{_gist(message)}\n{kind}: {message.strip()[:2000]}", BOX_MISSING)
+
+
+def _gist(message: str) -> str:
+    """The particulars of Vagrant's message: its last paragraph's last line, or its list of versions."""
+    paragraphs = [part for part in re.split(r"\n\s*\n", message.strip()) if part.strip()]
+    if len(paragraphs) < 2:
+        return ""
+    lines = [line.strip() for line in paragraphs[-1].splitlines() if line.strip()]
+    if all(line.startswith("* ") for line in lines):
+        return f" (installed: {', '.join(line[2:] for line in lines)})"
+    return f" ({lines[-1]})"
