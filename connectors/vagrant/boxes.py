@@ -90,7 +90,8 @@ def said(output: records.Output, pattern: re.Pattern[str]) -> list[Box]:
 
 
 def _check_removed(wanted: list[Box], removed: list[Box], doing: str) -> list[Box]:
-    """Vagrant skips, without failing, a box that a machine it knows uses (it would ask, and cannot)."""
+    """Every box we meant to remove was: Vagrant asks before removing one that a machine in its index
+    uses, which it cannot without a terminal (UIExpectsTTY, an error); this catches it skipping one."""
     kept = [box for box in wanted if box not in removed]
     if kept:
         versions = ", ".join(box.version for box in kept)

@@ -42,6 +42,9 @@ BOX_ADMIN = {
     "BoxRemoveVersionNotFound": "is not installed in that version",
     "BoxRemoveProviderNotFound": "is not installed for this backend's provider",
     "BoxRemoveMultiVersion": "has several versions: name one with --version",
+    # remove's only question (box add is never asked one: it always names the provider); versions checked
+    # before the one in use are removed already
+    "UIExpectsTTY": "is used by a machine Vagrant knows (`vagrant global-status`; --force removes it)",
 }
 NO_ROOM = ("Cannot allocate memory", "not enough free memory", "Insufficient", "address already in use")
 

@@ -82,6 +82,14 @@ def test_each_recorded_box_failure_is_one_line_an_admin_can_act_on(name: str, fi
     assert kind in str(error)  # Vagrant's own words follow, for the log
 
 
+def test_a_box_a_machine_vagrant_knows_uses_is_reported_as_such() -> None:
+    # Not recorded: it needs a libvirt domain Vagrant created. The message is Vagrant 2.3.4's ui_expects_tty.
+    message = "Vagrant is attempting to interface with the UI in a way that requires\na TTY."
+    error = errors.box_failure("Vagrant::Errors::UIExpectsTTY", message, "box b (libvirt) of backend vg")
+    assert str(error).splitlines()[0] == ("box b (libvirt) of backend vg: is used by a machine Vagrant knows "
+                                          "(`vagrant global-status`; --force removes it)")
+
+
 def test_a_box_failure_vagrant_names_otherwise_is_mapped_as_any_other() -> None:
     assert isinstance(errors.box_failure("timeout", "no answer within 1800 s", "box b from s"), TransientError)
 
