@@ -115,13 +115,17 @@ def _communicate(process: subprocess.Popen[str], command: list[str], timeout: fl
     try:
         return process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        pass
+    except BaseException:  # the caller is being stopped (SIGTERM, KeyboardInterrupt): Vagrant stops with it
         _signal_group(process, signal.SIGTERM)
-        try:
-            process.communicate(timeout=KILL_GRACE)
-        except subprocess.TimeoutExpired:
-            _signal_group(process, signal.SIGKILL)
-            process.communicate()
-        raise VagrantTimeout("timeout", f"no answer within {timeout:g} s", command) from None
+        raise
+    _signal_group(process, signal.SIGTERM)
+    try:
+        process.communicate(timeout=KILL_GRACE)
+    except subprocess.TimeoutExpired:
+        _signal_group(process, signal.SIGKILL)
+        process.communicate()
+    raise VagrantTimeout("timeout", f"no answer within {timeout:g} s", command) from None
 
 
 def _signal_group(process: subprocess.Popen[str], sig: signal.Signals) -> None:

@@ -117,14 +117,14 @@ class VagrantConnector(Connector):
     def delete(self, handle: Handle) -> None:
         """Stop a running `up`, `vagrant destroy -f`, remove the directory; a lab already gone is fine."""
         lab = self._lab(handle)
-        if not lab.path.exists():
-            self._destroy_by_id(handle.get("machine_id"))
+        if not lab.path.exists() and not lab.restore_from_spare():
+            self._destroy_by_id(lab, handle.get("machine_id"))
             return
         self._stop_runner(lab)
         with self._operation(lab, "destroy"):
             if (lab.path / "Vagrantfile").exists():
                 self._vagrant(lab, "destroy", "-f", timeout=self.settings.timeouts["destroy"])
-            shutil.rmtree(lab.path, ignore_errors=True)
+            lab.remove()
 
     def endpoints(self, handle: Handle) -> list[DesktopEndpoint]:
         lab = self._existing(handle, "reading the lab's ports")
@@ -148,9 +148,14 @@ class VagrantConnector(Connector):
         return [CheckTarget(host=record.get("host", "main"), runner="ssh", address=ssh["host"], port=ssh["port"], user=user, private_key=key)]
 
     def list_managed(self) -> list[ManagedObject]:
-        """The lab directories, plus machines Vagrant still knows in our state dir whose directory is gone."""
+        """The lab directories, plus machines Vagrant still knows in our state dir whose directory is gone
+        (`delete` destroys those from the directory's spare copy)."""
         managed = [ManagedObject(lab.lab_id, self._handle(lab)) for lab in all_in(self.settings.state_dir)]
         known = {obj.lab_id for obj in managed}
+        for kept in all_in(self.settings.state_dir / ".spares") + all_in(self.settings.state_dir / ".lost"):
+            if kept.lab_id not in known:
+                managed.append(ManagedObject(kept.lab_id, {**self._handle(kept), **kept.read(), "machine": kept.machine}))
+                known.add(kept.lab_id)
         for entry in self._global_status():
             lab = LabDir(Path(entry.directory))
             if lab.path.parent == self.settings.state_dir and _is_lab(lab) and lab.lab_id not in known:
@@ -317,15 +322,25 @@ class VagrantConnector(Connector):
         while lab.busy() and time.monotonic() < deadline:
             time.sleep(0.2)
 
-    def _destroy_by_id(self, machine_id: str | None) -> None:
-        """A machine whose directory is gone: destroy it by Vagrant's id, then forget stale index entries."""
+    def _destroy_by_id(self, lab: LabDir, machine_id: str | None) -> None:
+        """A machine Vagrant knows whose directory and spare copy are both gone: try Vagrant's id. When Vagrant
+        cannot act without the Vagrantfile (it then also drops the machine from its index), the machine is
+        recorded under `.lost/`, so `list_managed` keeps reporting it until an admin removes it by hand."""
+        lost = LabDir(self.settings.state_dir / ".lost" / lab.machine)
+        machine_id = machine_id or lost.read().get("machine_id")
         if not machine_id:
             return
-        for args in (("destroy", "-f", machine_id), ("global-status", "--prune")):
-            try:
-                self.cli.run(*args, cwd=self.settings.state_dir, timeout=self.settings.timeouts["destroy"])
-            except VagrantError:
-                pass  # nothing left to destroy, or Vagrant cannot without the Vagrantfile: pruned next
+        try:
+            self.cli.run("destroy", "-f", machine_id, cwd=self.settings.state_dir, timeout=self.settings.timeouts["destroy"])
+            shutil.rmtree(lost.path, ignore_errors=True)
+            return
+        except VagrantError as exc:
+            cause = errors.short(exc.kind)
+        message = (f"{self.name}: Vagrant machine {machine_id} ({lab.machine}) lost its directory and Vagrant cannot destroy it "
+                   f"({cause}): remove it with the provider's own tools, then remove {lost.path}")
+        lost.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        lost.write({"machine_id": machine_id, "message": message})
+        raise PermanentError(message, errors.FAILED)
 
     # -- boxes ---------------------------------------------------------------------------------------------
     def boxes(self) -> list[Box]:

@@ -22,6 +22,7 @@ import fcntl
 import json
 import os
 import re
+import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -55,6 +56,29 @@ class LabDir:
     def machine(self) -> str:
         """The Vagrant machine's name (and the guest's host name)."""
         return self.path.name
+
+    @property
+    def spare(self) -> Path:
+        """A copy of the directory without logs, made once the machine exists (`keep_spare`): if the lab's
+        directory is lost, the machine can still be destroyed from it (Vagrant needs the Vagrantfile and
+        the machine's id under .vagrant/)."""
+        return self.path.parent / ".spares" / self.path.name
+
+    def keep_spare(self) -> None:
+        shutil.rmtree(self.spare, ignore_errors=True)
+        self.spare.parent.mkdir(mode=0o700, exist_ok=True)
+        shutil.copytree(self.path, self.spare, ignore=shutil.ignore_patterns(".lock", ".keys", "*.log", ".*.json.*"))
+
+    def restore_from_spare(self) -> bool:
+        """Bring a lost directory back from its spare copy; False when there is none."""
+        if self.path.exists() or not self.spare.is_dir():
+            return False
+        shutil.copytree(self.spare, self.path)
+        return True
+
+    def remove(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+        shutil.rmtree(self.spare, ignore_errors=True)
 
     def exists(self) -> bool:
         return (self.path / "lab.json").is_file()

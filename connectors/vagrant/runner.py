@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from connectors.vagrant import credentials, records
+from connectors.vagrant import credentials, errors, records
 from connectors.vagrant.cli import VagrantCli, VagrantError
 from connectors.vagrant.labdir import LabDir
 
@@ -42,6 +43,7 @@ def main() -> None:
     os.close(reader)
     os.setsid()
     _quiet()
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(143))  # stops Vagrant too (cli._communicate)
     lab = LabDir(Path(job["dir"]))
     try:
         with lab.locked(job["lock_timeout"]):
@@ -64,9 +66,7 @@ def bring_up(lab: LabDir, job: dict[str, Any]) -> dict[str, Any]:
     started = lab.read("up.json").get("started", time.time())
     cli = VagrantCli(Path(job["home"]), job["binary"], job["env"])
     try:
-        with lab.key_file(job["service_key"] if lab.read().get("credentials_set") else None) as key_env:
-            result = cli.run("up", f"--provider={job['provider']}", cwd=lab.path, timeout=job["timeout"], env=key_env)
-        lab.log(_log_text(result.output))
+        lab.log(_log_text(_up(lab, cli, job)))
         ssh = cli.run("ssh-config", cwd=lab.path, timeout=job["status_timeout"]).output
         config = records.for_machine(records.ssh_configs(ssh), lab.machine)
         if config is None:
@@ -75,6 +75,7 @@ def bring_up(lab: LabDir, job: dict[str, Any]) -> dict[str, Any]:
             credentials.inject(config, job["credentials"], job["service_key"])
             lab.update(credentials_set=True)
         lab.update(ssh={"host": config.host, "port": config.port, "user": config.user}, suspended=False)
+        lab.keep_spare()
     except VagrantError as exc:
         lab.log(f"{exc.kind}: {exc.message}")
         return {"state": "failed", "kind": exc.kind, "message": exc.message, "started": started, "finished": time.time()}
@@ -82,6 +83,20 @@ def bring_up(lab: LabDir, job: dict[str, Any]) -> dict[str, Any]:
         lab.log(f"credentials: {exc}")
         return {"state": "failed", "kind": "credentials", "message": str(exc), "started": started, "finished": time.time()}
     return {"state": "done", "started": started, "finished": time.time()}
+
+
+def _up(lab: LabDir, cli: VagrantCli, job: dict[str, Any]) -> records.Output:
+    """`vagrant up`, waiting while Vagrant's own machine lock is held (by a `vagrant` whose runner was
+    killed: it carries on alone, and this `up` then finds the machine running)."""
+    deadline = time.monotonic() + job["timeout"]
+    while True:
+        try:
+            with lab.key_file(job["service_key"] if lab.read().get("credentials_set") else None) as key_env:
+                return cli.run("up", f"--provider={job['provider']}", cwd=lab.path, timeout=job["timeout"], env=key_env).output
+        except VagrantError as exc:
+            if errors.short(exc.kind) not in errors.LOCKED or time.monotonic() > deadline:
+                raise
+            time.sleep(2)
 
 
 def _log_text(output: records.Output) -> str:
