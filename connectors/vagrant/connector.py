@@ -100,7 +100,7 @@ class VagrantConnector(Connector):
         """`vagrant suspend`: with the libvirt provider a managed save, so the lab costs no memory meanwhile."""
         lab = self._existing(handle, "suspending")
         with self._operation(lab, "suspend"):
-            if self._state(lab) in ("running", "paused"):
+            if not lab.read().get("suspended"):  # Vagrant itself leaves a machine that is not running alone
                 self._vagrant(lab, "suspend", timeout=self.settings.timeouts["suspend"])
             lab.update(suspended=True)
 
