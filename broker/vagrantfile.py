@@ -18,6 +18,7 @@ Standard only (no broker imports): both the broker (take-away bundles) and conne
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, Mapping
 
@@ -35,7 +36,11 @@ def ruby_literal(value: Any) -> str:
         return "nil"
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, (int, float)):
+    if isinstance(value, int):
+        return repr(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise TemplateError(f"{value} cannot be written into a Vagrantfile (Ruby has no such literal)")
         return repr(value)
     if isinstance(value, str):
         if "\0" in value:

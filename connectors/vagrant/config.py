@@ -95,6 +95,9 @@ def _provider_options(backend: str, provider: str, raw: Any, at: str) -> dict[st
 
 
 def _address(raw: Any, at: str) -> str:
+    """An IP address as text: ip_address() would also take 0 or false (0.0.0.0: every interface)."""
+    if not isinstance(raw, str):
+        raise ConfigError(f"{at}: expected an IP address the forwarded ports listen on, got {raw!r}")
     try:
         return str(ipaddress.ip_address(raw))
     except ValueError:
