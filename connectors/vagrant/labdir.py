@@ -23,6 +23,7 @@ import json
 import os
 import re
 import shutil
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -90,7 +91,7 @@ class LabDir:
             return {}
 
     def write(self, data: dict[str, Any], name: str = "lab.json") -> None:
-        scratch = self.path / f".{name}.{os.getpid()}"
+        scratch = self.path / f".{name}.{os.getpid()}.{threading.get_ident()}"
         scratch.write_text(json.dumps(data, indent=2, sort_keys=True))
         scratch.replace(self.path / name)
 
