@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from broker.errors import ConfigError
-from connectors.settings import known, port_range, seconds, seed, text, whole
+from connectors.settings import choice, known, port_range, seconds, seed, text, whole
 
 TOP_KEYS = ("state_dir", "home", "binary", "provider", "provider_options", "forward_ports", "host_address",
-            "max_labs", "timeouts", "check_user", "env", "credential_seed")
+            "max_labs", "timeouts", "check_user", "env", "suspend_by", "credential_seed")
+SUSPEND_BY = ("suspend", "halt")
 OPERATIONS = ("up", "resume", "suspend", "halt", "destroy", "status", "box", "lock")
 DEFAULT_TIMEOUTS = {"up": 900.0, "resume": 300.0, "suspend": 300.0, "halt": 300.0, "destroy": 300.0,
                     "status": 60.0, "box": 1800.0, "lock": 60.0}
@@ -42,6 +43,7 @@ class VagrantSettings:
     timeouts: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_TIMEOUTS))
     check_user: str | None = None  # None: the account Vagrant itself logs in as (ssh-config's User)
     env: Mapping[str, str] = field(default_factory=dict)
+    suspend_by: str = "suspend"  # "halt": power off instead (the disk stays; what ran in memory does not)
     credential_seed: str | None = None
 
 
@@ -64,6 +66,7 @@ def parse(name: str, config: Mapping[str, Any], require_secrets: bool = True) ->
         timeouts=_timeouts(config.get("timeouts", {}), f"{where}: timeouts"),
         check_user=text(config["check_user"], USER, f"{where}: check_user", "a user name") if "check_user" in config else None,
         env=_env(config.get("env", {}), f"{where}: env"),
+        suspend_by=choice(config.get("suspend_by", "suspend"), SUSPEND_BY, f"{where}: suspend_by"),
         credential_seed=seed(config.get("credential_seed"), require_secrets, where),
     )
 

@@ -46,7 +46,7 @@ from broker.vagrantfile import TemplateError, port_placeholders, provider_block,
 from connectors.credentials import LabCredentials, derive
 from connectors.vagrant import boxes as box_store
 from connectors.vagrant import config as settings_module
-from connectors.vagrant import errors, ports, records
+from connectors.vagrant import credentials, errors, ports, records
 from connectors.vagrant.cli import VagrantCli, VagrantError
 from connectors.vagrant.labdir import Busy, LabDir, all_in
 
@@ -57,7 +57,9 @@ MAX_UP_ATTEMPTS = 3  # runners started for one lab before an interrupted `up` co
 SERVER_BLOCK = """
 # --- LabDesk server settings: not part of the lab (a take-away bundle has none of this) ---
 Vagrant.configure("2") do |config|
-  config.ssh.private_key_path = ENV["LABDESK_SSH_KEY"] if ENV["LABDESK_SSH_KEY"]
+  if ENV["LABDESK_SSH_KEY"]
+    config.ssh.private_key_path = [ENV["LABDESK_SSH_KEY"], *ENV.fetch("LABDESK_BOX_KEYS", "").split(File::PATH_SEPARATOR)]
+  end
 end
 """
 
@@ -97,12 +99,14 @@ class VagrantConnector(Connector):
         return self._observe_machine(lab)
 
     def suspend(self, handle: Handle) -> None:
-        """`vagrant suspend`: with the libvirt provider a managed save, so the lab costs no memory meanwhile."""
+        """`vagrant suspend` (with the libvirt provider a managed save, so the lab costs no memory meanwhile),
+        or `vagrant halt` where the backend says so (providers or machines that cannot save their memory)."""
         lab = self._existing(handle, "suspending")
-        with self._operation(lab, "suspend"):
+        verb = self.settings.suspend_by
+        with self._operation(lab, verb):
             if not lab.read().get("suspended"):  # Vagrant itself leaves a machine that is not running alone
-                self._vagrant(lab, "suspend", timeout=self.settings.timeouts["suspend"])
-            lab.update(suspended=True)
+                self._vagrant(lab, verb, timeout=self.settings.timeouts[verb])
+            lab.update(suspended=True, halted=verb == "halt")
 
     def resume(self, handle: Handle) -> None:
         """`vagrant resume` of a suspended machine (`up` if it was powered off); Vagrant waits for SSH."""
@@ -110,9 +114,12 @@ class VagrantConnector(Connector):
         with self._operation(lab, "resume"):
             state = self._state(lab)
             if state != "running":
-                verb = "resume" if lab.read().get("suspended") else "up"
+                record = lab.read()
+                verb = "resume" if record.get("suspended") and not record.get("halted") else "up"
                 self._vagrant(lab, verb, timeout=self.settings.timeouts["resume"])
-            lab.update(suspended=False)
+                if verb == "up":  # a booted machine may have come back with the box's credentials
+                    self._ensure_credentials(lab)
+            lab.update(suspended=False, halted=False)
 
     def delete(self, handle: Handle) -> None:
         """Stop a running `up`, `vagrant destroy -f`, remove the directory; a lab already gone is fine."""
@@ -217,24 +224,37 @@ class VagrantConnector(Connector):
 
     def _start_up(self, lab: LabDir, lab_id: int) -> None:
         """Start the background runner; it holds the lab's lock when this returns."""
-        attempts = lab.read().get("up_attempts", 0) + 1
-        lab.update(up_attempts=attempts)
-        secrets = self._credentials(lab_id)
-        record = lab.read()
+        lab.update(up_attempts=lab.read().get("up_attempts", 0) + 1)
         job = {
             "dir": str(lab.path), "home": str(self.settings.home), "binary": self.settings.binary,
             "env": dict(self.settings.env), "provider": self.settings.provider,
             "timeout": self.settings.timeouts["up"], "status_timeout": self.settings.timeouts["status"],
-            "lock_timeout": self.settings.timeouts["lock"], "service_key": secrets.service_private_key,
-            "credentials": {"script": self._credentials_script(lab), "args": [
-                record["lab_user"], secrets.password_hash, secrets.learner_public_key, secrets.service_public_key,
-                secrets.vnc_passwd_b64 if "vnc" in record["protocols"] else ""]},
+            "lock_timeout": self.settings.timeouts["lock"], "service_key": self._credentials(lab_id).service_private_key,
+            "credentials": self._credentials_job(lab),
         }
         answer = subprocess.run([sys.executable, "-m", "connectors.vagrant.runner"], input=json.dumps(job), text=True,
                                 capture_output=True, timeout=self.settings.timeouts["lock"] + 30,
                                 cwd=Path(__file__).resolve().parents[2])
         if not answer.stdout.strip().isdigit():
             raise TransientError(f"{lab.machine}: the up runner did not start: {answer.stdout}{answer.stderr}"[-2000:], errors.BUSY)
+
+    def _credentials_job(self, lab: LabDir) -> dict[str, Any]:
+        """The credentials script and its arguments (connectors.vagrant.credentials)."""
+        secrets, record = self._credentials(lab.lab_id), lab.read()
+        vnc = secrets.vnc_passwd_b64 if "vnc" in record["protocols"] else ""
+        return {"script": self._credentials_script(lab), "args": [
+            record["lab_user"], secrets.password_hash, secrets.learner_public_key, secrets.service_public_key, vnc]}
+
+    def _ensure_credentials(self, lab: LabDir) -> None:
+        """Run the credentials script again (it is idempotent) over Vagrant's SSH path."""
+        service_key = self._credentials(lab.lab_id).service_private_key
+        try:
+            with lab.key_file(service_key) as env:
+                credentials.ensure(lab, self.cli, self._credentials_job(lab), service_key, self.settings.timeouts["status"], env)
+        except VagrantError as exc:
+            raise errors.to_broker(exc.kind, exc.message, f"vagrant ssh-config of {lab.machine}") from None
+        except credentials.InjectionFailed as exc:
+            raise PermanentError(f"{lab.machine}: {exc}", errors.FAILED) from None
 
     def _credentials_script(self, lab: LabDir) -> str:
         script = lab.read().get("credentials_script")

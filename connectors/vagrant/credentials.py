@@ -26,6 +26,9 @@ from typing import Any
 
 from broker.errors import TransientError
 from broker.remote import SshTarget, run_script
+from connectors.vagrant import records
+from connectors.vagrant.cli import VagrantCli, VagrantError
+from connectors.vagrant.labdir import LabDir
 from connectors.vagrant.records import SshConfig
 
 TIMEOUT = 120.0
@@ -33,6 +36,18 @@ TIMEOUT = 120.0
 
 class InjectionFailed(Exception):
     """The credentials script could not run or failed: the lab must not be handed out."""
+
+
+def ensure(lab: LabDir, cli: VagrantCli, job: dict[str, Any], service_key: str, timeout: float, env: dict[str, str]) -> None:
+    """Vagrant's SSH settings for the lab (recorded in lab.json, with the box's own keys the first time),
+    then `inject`; afterwards the lab's credentials hold and lab.json says so."""
+    found = records.for_machine(records.ssh_configs(cli.run("ssh-config", cwd=lab.path, timeout=timeout, env=env).output), lab.machine)
+    if found is None:
+        raise VagrantError("no-ssh-config", f"vagrant ssh-config named no machine {lab.machine}")
+    if not lab.read().get("credentials_set"):
+        lab.update(box_keys=[path for path in found.identity_files if Path(path).is_file()])
+    inject(found, job, service_key)
+    lab.update(credentials_set=True, ssh={"host": found.host, "port": found.port, "user": found.user})
 
 
 def inject(config: SshConfig, job: dict[str, Any], service_key: str) -> None:

@@ -107,7 +107,9 @@ class LabDir:
     @contextmanager
     def key_file(self, private_key: str | None) -> Iterator[dict[str, str]]:
         """The env that makes Vagrant log in with `private_key` (LABDESK_SSH_KEY, read by the server block),
-        written to a 0600 file only for the length of one call; {} when there is no key to use yet."""
+        written to a 0600 file only for the length of one call, then with the box's own keys
+        (LABDESK_BOX_KEYS: a machine that came back with the box's credentials is still reachable, and gets
+        the lab's again); {} when there is no key to use yet (the box's settings apply)."""
         if private_key is None:
             yield {}
             return
@@ -117,8 +119,9 @@ class LabDir:
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(descriptor, "w") as handle:
             handle.write(private_key)
+        box_keys = os.pathsep.join(self.read().get("box_keys", []))
         try:
-            yield {"LABDESK_SSH_KEY": str(path)}
+            yield {"LABDESK_SSH_KEY": str(path), "LABDESK_BOX_KEYS": box_keys}
         finally:
             path.unlink(missing_ok=True)
 

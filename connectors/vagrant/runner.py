@@ -67,14 +67,9 @@ def bring_up(lab: LabDir, job: dict[str, Any]) -> dict[str, Any]:
     cli = VagrantCli(Path(job["home"]), job["binary"], job["env"])
     try:
         lab.log(_log_text(_up(lab, cli, job)))
-        ssh = cli.run("ssh-config", cwd=lab.path, timeout=job["status_timeout"]).output
-        config = records.for_machine(records.ssh_configs(ssh), lab.machine)
-        if config is None:
-            raise VagrantError("no-ssh-config", f"vagrant ssh-config named no machine {lab.machine}")
         if not lab.read().get("credentials_set"):
-            credentials.inject(config, job["credentials"], job["service_key"])
-            lab.update(credentials_set=True)
-        lab.update(ssh={"host": config.host, "port": config.port, "user": config.user}, suspended=False)
+            credentials.ensure(lab, cli, job["credentials"], job["service_key"], job["status_timeout"], {})
+        lab.update(suspended=False)
         lab.keep_spare()
     except VagrantError as exc:
         lab.log(f"{exc.kind}: {exc.message}")

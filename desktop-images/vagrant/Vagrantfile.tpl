@@ -1,6 +1,6 @@
 # LabDesk: the Vagrantfile of a debian-lab box, hosted by LabDesk or taken home (docs/vagrant.md).
 #
-# Each ${NAME} is replaced by a Ruby literal ('text', 42, true, nil), never inside quotes:
+# Each placeholder below is replaced by a Ruby literal ('text', 42, true, nil), never inside quotes:
 #   ${LAB_NAME}                 the machine's name and host name (labdesk-lab-<id> hosted; the image id taken away)
 #   ${BOX} ${BOX_VERSION}       the catalogue's box and version constraint (nil: the newest installed)
 #   ${MEMORY_MB} ${CPUS}        resources.ram_mb and resources.vcpu

@@ -201,3 +201,21 @@ def test_a_machine_lost_with_its_spare_copy_stays_reported_with_what_to_do(conne
 
         VagrantCli(Path(backend["home"])).run("global-status", "--prune", timeout=60)
         shutil.rmtree(state_dir / ".lost", ignore_errors=True)
+
+
+def test_a_backend_that_suspends_by_halting_powers_off_and_boots_again(backend: dict[str, Any]) -> None:
+    from connectors.vagrant.connector import VagrantConnector
+
+    connector = VagrantConnector("vagrant-halt", {**backend, "suspend_by": "halt"})
+    spec = new_spec()
+    handle = connector.provision(spec)
+    wait_for(connector, handle, ObservedState.READY)
+    connector.suspend(handle)
+    assert connector.observe(handle).state == ObservedState.SUSPENDED
+    domain = backend["provider_options"]["default_prefix"] + handle["machine"]
+    info = virsh(backend["provider_options"]["uri"], "dominfo", domain)
+    assert "shut off" in info and "Managed save:   no" in info  # powered off, nothing saved
+    connector.resume(handle)
+    wait_for(connector, handle, ObservedState.READY)
+    assert ssh_login(connector.endpoint(handle).port, "lab", password=derive(backend["credential_seed"], spec.lab_id).password)
+    connector.delete(handle)
