@@ -24,11 +24,19 @@ from broker.config import load_settings
 from broker.lifecycle import LabState
 from broker.models import Backend, Lab, LabEvent
 from broker.runtime import Runtime
+from tests.support import waiting
+from tests.support.waiting import lab_row as lab
 from tests.support.waiting import wait_until
 from tests.support.workers import WorkerPool
 from tests.support.world import World, add_learner
 
 S = LabState
+
+
+def wait_state(rt: Runtime, lab_id: int, state: LabState, timeout: float = 20) -> Lab:
+    return waiting.wait_state(rt, lab_id, state, timeout)
+
+
 QUEUE = "labdesk-backend-fake"
 
 
@@ -49,18 +57,6 @@ def script_backend(rt: Runtime, world: World, **config: Any) -> None:
         backend = session.get(Backend, world.backend_id)
         backend.config = {**backend.config, **config}
         session.commit()
-
-
-def lab(rt: Runtime, lab_id: int) -> Lab:
-    with rt.session() as session:
-        found = session.get(Lab, lab_id)
-        assert found is not None, f"lab {lab_id} is gone"
-        return found
-
-
-def wait_state(rt: Runtime, lab_id: int, state: LabState, timeout: float = 20) -> Lab:
-    wait_until(lambda: lab(rt, lab_id).state == state.value, timeout=timeout, what=f"lab {lab_id} {state.value}")
-    return lab(rt, lab_id)
 
 
 def history(rt: Runtime, lab_id: int) -> list[tuple[str, str]]:

@@ -24,11 +24,19 @@ from broker.models import Activity, Backend, Image, Lab, LabEvent
 from broker.runtime import Runtime
 from tests.conftest import make_settings
 from tests.support.heat import backend_config, heat_client, heat_endpoints, heat_entry, provider
+from tests.support import waiting
+from tests.support.waiting import lab_row as lab
 from tests.support.waiting import wait_until
 from tests.support.workers import WorkerPool
 from tests.support.world import World, make_world
 
 S = LabState
+
+
+def wait_state(rt: Runtime, lab_id: int, state: LabState, timeout: float = 60) -> Lab:
+    return waiting.wait_state(rt, lab_id, state, timeout)
+
+
 pytestmark = [pytest.mark.heat, pytest.mark.postgres, pytest.mark.slow]
 
 
@@ -55,16 +63,6 @@ def heat_world(rt: Runtime, endpoint: str, **provider_settings: Any) -> tuple[Wo
         image.spec, image.protocol = heat_entry(), "ssh"
         session.commit()
     return world, config
-
-
-def lab(rt: Runtime, lab_id: int) -> Lab:
-    with rt.session() as session:
-        return session.get(Lab, lab_id)
-
-
-def wait_state(rt: Runtime, lab_id: int, state: LabState, timeout: float = 60) -> Lab:
-    wait_until(lambda: lab(rt, lab_id).state == state.value, timeout=timeout, interval=0.2, what=f"lab {lab_id} {state.value}")
-    return lab(rt, lab_id)
 
 
 def stacks(endpoint: str, config: dict[str, Any], lab_id: int) -> list[Any]:

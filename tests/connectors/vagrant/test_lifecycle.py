@@ -22,11 +22,19 @@ from broker.models import Activity, Backend, Lab, LabEvent
 from broker.runtime import Runtime
 from tests.conftest import make_settings
 from tests.support.vagrant import tiny_entry, virsh
+from tests.support import waiting
+from tests.support.waiting import lab_row as lab
 from tests.support.waiting import wait_until
 from tests.support.workers import WorkerPool
 from tests.support.world import make_world
 
 S = LabState
+
+
+def wait_state(rt: Runtime, lab_id: int, state: LabState, timeout: float = 300) -> Lab:
+    return waiting.wait_state(rt, lab_id, state, timeout)
+
+
 pytestmark = [pytest.mark.vagrant, pytest.mark.libvirt, pytest.mark.postgres, pytest.mark.slow, pytest.mark.timeout(900)]
 
 
@@ -40,16 +48,6 @@ def pool(settings: Settings, tmp_path: Path) -> Iterator[WorkerPool]:
     workers = WorkerPool(settings, tmp_path)
     yield workers
     workers.stop()
-
-
-def lab(rt: Runtime, lab_id: int) -> Lab:
-    with rt.session() as session:
-        return session.get(Lab, lab_id)
-
-
-def wait_state(rt: Runtime, lab_id: int, state: LabState, timeout: float = 300) -> Lab:
-    wait_until(lambda: lab(rt, lab_id).state == state.value, timeout=timeout, interval=0.5, what=f"lab {lab_id} {state.value}")
-    return lab(rt, lab_id)
 
 
 def domain_state(backend: dict[str, Any], lab_id: int) -> str:
