@@ -24,7 +24,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from broker.errors import TransientError
+from broker.errors import PermanentError, TransientError
 from broker.remote import SshTarget, run_script
 from connectors.vagrant import records
 from connectors.vagrant.cli import VagrantCli, VagrantError
@@ -57,7 +57,7 @@ def inject(config: SshConfig, job: dict[str, Any], service_key: str) -> None:
         target = SshTarget(config.host, config.port, config.user, key)
         try:
             result = run_script(target, job["script"], TIMEOUT, args=job["args"], output_limit=16384)
-        except TransientError as exc:
+        except (TransientError, PermanentError) as exc:  # refused, or a key file paramiko cannot read
             refused.append(str(exc))
             continue
         if not result.ok:
