@@ -21,24 +21,19 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
-from redis.exceptions import RedisError
 from rq import get_current_job
-from rq.exceptions import NoSuchJobError
-from rq.job import Job, JobStatus
 from sqlalchemy import exists, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from broker import runtime
+from broker import lab_jobs, runtime
+from broker.lab_jobs import LabSnapshot
 from broker.checks import CheckDefinition, checks_of, max_score_of, score_of
 from broker.clock import utcnow
 from broker.connector import CheckTarget
-from broker.dispatch import JobRequest
-from broker.errors import ConfigError, ConnectorError, InvalidTransition, LabDeskError, ServiceUnavailable, UnknownBackend
+from broker.errors import ConfigError, ConnectorError, InvalidTransition, LabDeskError, UnknownBackend
 from broker.grading import CheckOutcome, CheckScript, runner_for
 from broker.lifecycle import LabState
 from broker.models import ACTIVE_ATTEMPT_STATES, Activity, CheckAttempt, Lab, LabEvent
@@ -50,7 +45,6 @@ log = logging.getLogger(__name__)
 S = LabState
 
 TRIGGERS = ("learner", "suspend", "deadline", "instructor")
-ENQUEUE_GRACE = timedelta(seconds=60)  # a queued attempt whose job is not in Redis yet may be mid-enqueue
 FEEDBACK_LIMIT = 500
 HINT_LINES = 5
 
@@ -75,7 +69,7 @@ def start_check(rt: Runtime, user_id: int, lab_id: int, trigger: str = "learner"
     """
     if trigger not in TRIGGERS:
         raise ValueError(f"unknown trigger {trigger!r} (expected one of: {', '.join(TRIGGERS)})")
-    _require_queue(rt)
+    lab_jobs.require_queue(rt)
     with rt.session() as session:
         lab = session.get(Lab, lab_id)
         if lab is None or lab.user_id != user_id:
@@ -86,29 +80,13 @@ def start_check(rt: Runtime, user_id: int, lab_id: int, trigger: str = "learner"
         definitions = checks_of(image.spec)
         if not definitions:
             raise NotGradable(f"this lab has nothing to check: image {image.slug} version {image.version} defines no checks")
-        under_way = _under_way(rt, session, lab_id)
-        if under_way is not None:
-            return under_way
-        attempt = _new_attempt(lab, trigger, definitions)
-        session.add(attempt)
-        try:
-            session.flush()
-        except IntegrityError:  # another click queued one at the same moment
-            session.rollback()
-            under_way = _under_way(rt, session, lab_id)
-            if under_way is None:
-                raise
-            return under_way
-        attempt.job_id = f"check-{attempt.id}"
-        session.commit()
-        attempt_id, queue = attempt.id, lab.backend.queue_name
-    try:
-        rt.dispatcher.enqueue(JobRequest(queue, f"check-{attempt_id}", run_attempt, (attempt_id,)))
-    except RedisError as exc:
-        with rt.session() as session:  # nothing half-way: the learner can simply press again
-            session.execute(CheckAttempt.__table__.delete().where(CheckAttempt.id == attempt_id))
-            session.commit()
-        raise ServiceUnavailable(f"the job queue is unavailable: {exc}") from exc
+        attempt_id, new = lab_jobs.insert_once(
+            session, lambda: _new_attempt(lab, trigger, definitions), lambda: _under_way(rt, session, lab_id), "check"
+        )
+        if not new:
+            return attempt_id
+        queue = lab.backend.queue_name
+    lab_jobs.enqueue_or_delete(rt, CheckAttempt, attempt_id, queue, "check", run_attempt)
     return attempt_id
 
 
@@ -132,33 +110,12 @@ def _under_way(rt: Runtime, session: Session, lab_id: int) -> int | None:
     attempt = session.scalar(
         select(CheckAttempt).where(CheckAttempt.lab_id == lab_id, CheckAttempt.state.in_(ACTIVE_ATTEMPT_STATES))
     )
-    if attempt is None:
-        return None
-    if not _job_died(rt, attempt):
-        return attempt.id
+    return lab_jobs.under_way(rt, attempt, lambda dead: _close_died(session, dead))
+
+
+def _close_died(session: Session, attempt: CheckAttempt) -> None:
     _close(session, attempt.id, "error", error=_DIED)
     log.warning("check attempt %s: its job %s is gone; closed as an error", attempt.id, attempt.job_id)
-    return None
-
-
-def _job_died(rt: Runtime, attempt: CheckAttempt) -> bool:
-    """Whether the rq job that runs the attempt ended without finishing it (a killed worker, a timeout)."""
-    if attempt.job_id is None:
-        return False
-    try:
-        job = Job.fetch(attempt.job_id, connection=rt.redis)
-    except NoSuchJobError:
-        return utcnow() - attempt.created_at > ENQUEUE_GRACE
-    except RedisError:
-        return False
-    return job.get_status(refresh=False) in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED)
-
-
-def _require_queue(rt: Runtime) -> None:
-    try:
-        rt.redis.ping()
-    except RedisError as exc:
-        raise ServiceUnavailable(f"the job queue is unavailable: {exc}") from exc
 
 
 # -- running it (the rq job) -----------------------------------------------------------------------------
@@ -188,22 +145,12 @@ def run_attempt(attempt_id: int) -> str:
     return state
 
 
-@dataclass(frozen=True)
-class _Lab:
-    """What running the checks needs of the lab, read once: no transaction stays open while they run."""
-
-    state: str
-    handle: dict[str, Any] | None
-    backend: Any
-    spec: dict[str, Any]
-
-
 def _run_checks(rt: Runtime, attempt_id: int) -> str:
     with rt.session() as session:
         attempt = session.get(CheckAttempt, attempt_id)
         assert attempt is not None
         lab = attempt.lab
-        info = _Lab(lab.state, lab.handle, lab.backend, lab.activity.image.spec or {})
+        info = LabSnapshot.of(lab)
         results = list(attempt.results or [])
         try:
             definitions = checks_of(info.spec)

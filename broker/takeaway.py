@@ -27,18 +27,15 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from redis.exceptions import RedisError
-from rq.exceptions import NoSuchJobError
-from rq.job import Job, JobStatus
 from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from broker import runtime
+from broker import lab_jobs, runtime
+from broker.lab_jobs import LabSnapshot
 from broker.clock import utcnow
 from broker.connector import CheckTarget
-from broker.dispatch import JOB_TIMEOUT, JobRequest
-from broker.errors import ConfigError, ConnectorError, InvalidTransition, LabDeskError, ServiceUnavailable, UnknownBackend
+from broker.dispatch import JOB_TIMEOUT
+from broker.errors import ConfigError, ConnectorError, InvalidTransition, LabDeskError, UnknownBackend
 from broker.grading import CheckScript, runner_for
 from broker.lifecycle import LabState
 from broker.models import Lab, LabExport
@@ -52,7 +49,6 @@ __all__ = ["build_bundle", "start_export", "latest_export", "export_view", "run_
            "NotTakeable", "ExportFailed"]
 
 READ_TIMEOUT = 300.0  # seconds for tar + base64 of the work folder in the lab
-ENQUEUE_GRACE = timedelta(seconds=60)  # a pending export whose job is not in Redis yet may be mid-enqueue
 STALE_AFTER = timedelta(seconds=JOB_TIMEOUT + 120)  # no job lives longer: a pending export this old died
 NO_FOLDER_STATUS = 3
 NO_VAGRANT = "This lab cannot be taken away: its course offers no Vagrant box."
@@ -116,7 +112,8 @@ def latest_export(rt: Runtime, lab_id: int) -> dict[str, Any] | None:
     """The lab's newest export as `export_view`, or None; a pending one whose job died is closed first."""
     with rt.session() as session:
         export = _newest(session, lab_id)
-        if export is not None and export.state == "pending" and _job_died(rt, export):
+        if (export is not None and export.state == "pending"
+                and lab_jobs.job_died(rt, export.job_id, export.created_at, STALE_AFTER)):
             _close(session, export.id, "failed", message=_DIED)
             session.refresh(export)
         return export_view(export) if export is not None else None
@@ -154,24 +151,15 @@ def start_export(rt: Runtime, user_id: int, lab_id: int) -> int:
             return _build_now(session, lab_id, spec)
         if lab.state != LabState.RUNNING.value:
             raise InvalidTransition(OPEN_FIRST)
-        _require_queue(rt)
-        under_way = _under_way(rt, session, lab_id)
-        if under_way is not None:
-            return under_way
-        export = LabExport(lab_id=lab_id, state="pending", created_at=utcnow(), message="")
-        session.add(export)
-        try:
-            session.flush()
-        except IntegrityError:  # another click started one at the same moment
-            session.rollback()
-            under_way = _under_way(rt, session, lab_id)
-            if under_way is None:
-                raise
-            return under_way
-        export.job_id = f"takeaway-{export.id}"
-        session.commit()
-        export_id, queue = export.id, lab.backend.queue_name
-    _enqueue(rt, export_id, queue)
+        lab_jobs.require_queue(rt)
+        export_id, new = lab_jobs.insert_once(
+            session, lambda: LabExport(lab_id=lab_id, state="pending", created_at=utcnow(), message=""),
+            lambda: _under_way(rt, session, lab_id), "takeaway",
+        )
+        if not new:
+            return export_id
+        queue = lab.backend.queue_name
+    lab_jobs.enqueue_or_delete(rt, LabExport, export_id, queue, "takeaway", run_export)
     return export_id
 
 
@@ -189,60 +177,18 @@ def _build_now(session: Session, lab_id: int, spec: dict[str, Any]) -> int:
     return export.id
 
 
-def _enqueue(rt: Runtime, export_id: int, queue: str) -> None:
-    try:
-        rt.dispatcher.enqueue(JobRequest(queue, f"takeaway-{export_id}", run_export, (export_id,)))
-    except RedisError as exc:
-        with rt.session() as session:  # nothing half-way: the learner can simply press again
-            session.execute(LabExport.__table__.delete().where(LabExport.id == export_id))
-            session.commit()
-        raise ServiceUnavailable(f"the job queue is unavailable: {exc}") from exc
-
-
 def _under_way(rt: Runtime, session: Session, lab_id: int) -> int | None:
     """The lab's pending export, if any; one whose job died is closed as failed first."""
     export = session.scalar(select(LabExport).where(LabExport.lab_id == lab_id, LabExport.state == "pending"))
-    if export is None:
-        return None
-    if not _job_died(rt, export):
-        return export.id
+    return lab_jobs.under_way(rt, export, lambda dead: _close_died(session, dead), STALE_AFTER)
+
+
+def _close_died(session: Session, export: LabExport) -> None:
     _close(session, export.id, "failed", message=_DIED)
     log.warning("take-away export %s: its job %s is gone; closed as failed", export.id, export.job_id)
-    return None
-
-
-def _job_died(rt: Runtime, export: LabExport) -> bool:
-    """Whether the job building a pending export ended without finishing it (a killed worker, a timeout)."""
-    age = utcnow() - export.created_at
-    if export.job_id is None or age > STALE_AFTER:
-        return age > ENQUEUE_GRACE
-    try:
-        job = Job.fetch(export.job_id, connection=rt.redis)
-    except NoSuchJobError:
-        return age > ENQUEUE_GRACE
-    except RedisError:
-        return False
-    return job.get_status(refresh=False) in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED)
-
-
-def _require_queue(rt: Runtime) -> None:
-    try:
-        rt.redis.ping()
-    except RedisError as exc:
-        raise ServiceUnavailable(f"the job queue is unavailable: {exc}") from exc
 
 
 # -- the job ---------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class _Lab:
-    """What reading the work folder needs of the lab, read once: no transaction stays open meanwhile."""
-
-    state: str
-    handle: dict[str, Any] | None
-    backend: Any
-    spec: dict[str, Any]
-
-
 def run_export(export_id: int) -> str:
     """Read the learner's work folder from the running lab and build the bundle; returns the export's
     final state ("ready" or "failed"), or "skipped" when it was no longer pending (run twice, closed)."""
@@ -252,7 +198,7 @@ def run_export(export_id: int) -> str:
         if export is None or export.state != "pending":
             return "skipped"
         lab = export.lab
-        info = _Lab(lab.state, lab.handle, lab.backend, lab.activity.image.spec or {})
+        info = LabSnapshot.of(lab)
         session.commit()  # end the read transaction before the lab is read
     try:
         archive, note = _work_archive(rt, info)
@@ -270,7 +216,7 @@ def run_export(export_id: int) -> str:
         return _finish(session, export, info.spec, archive, note)
 
 
-def _work_archive(rt: Runtime, info: _Lab) -> tuple[bytes, str]:
+def _work_archive(rt: Runtime, info: LabSnapshot) -> tuple[bytes, str]:
     """The work folder as tar.gz bytes, and a note for the learner ("" or why the archive is empty)."""
     folder = vagrant_section(info.spec)["work_folder"]  # type: ignore[index]  # checked by start_export
     if info.state != LabState.RUNNING.value or info.handle is None:
@@ -302,7 +248,7 @@ def _work_archive(rt: Runtime, info: _Lab) -> tuple[bytes, str]:
     return _decoded(outcome.stdout, folder), ""
 
 
-def _target(rt: Runtime, info: _Lab) -> CheckTarget:
+def _target(rt: Runtime, info: LabSnapshot) -> CheckTarget:
     """The lab's first machine, where the entry's work folder lives (as for checks without a host)."""
     try:
         targets = rt.connector(info.backend).check_targets(info.handle or {})

@@ -14,7 +14,6 @@ import tarfile
 import zipfile
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 from rq import Queue
@@ -22,14 +21,14 @@ from sqlalchemy import select
 
 from broker import takeaway
 from broker.clock import utcnow
-from broker.connector import LabSpec
 from broker.errors import InvalidTransition
-from broker.models import Activity, Backend, Lab, LabEvent, LabExport
+from broker.models import Activity, Backend, Lab, LabExport
 from broker.runtime import Runtime
 from broker.services import NotFound
 from broker.testing.fake import FakeConnector
 from connectors.credentials import derive, new_seed
 from tests.support.inline import run_queued_jobs
+from tests.support.fake_labs import running_lab, set_spec
 from tests.support.world import World, add_learner
 from tests.takeaway_support import VAGRANT, vagrant_spec
 
@@ -49,26 +48,6 @@ def takeable(rt: Runtime, world: World, tmp_path: Path, work: Path) -> World:
     spec = vagrant_spec(tmp_path, vagrant=VAGRANT.replace('"/home/learner/work"', f'"{work}"'))
     set_spec(rt, world, spec)
     return world
-
-
-def set_spec(rt: Runtime, world: World, spec: dict[str, Any]) -> None:
-    with rt.session() as session:
-        session.get(Activity, world.activity_id).image.spec = spec
-        session.commit()
-
-
-def running_lab(rt: Runtime, world: World, fake_dir: Path, user_id: int | None = None, state: str = "running") -> int:
-    """A lab row whose fake backend object exists (what a finished provision leaves), without a worker."""
-    now = utcnow()
-    with rt.session() as session:
-        lab = Lab(user_id=user_id or world.user_id, activity_id=world.activity_id, backend_id=world.backend_id, state=state,
-                  last_active_at=now, state_changed_at=now)
-        session.add(lab)
-        session.flush()
-        lab.handle = FakeConnector("fake", {"state_dir": str(fake_dir)}).provision(LabSpec(lab.id, "img-fake", "learner-1"))
-        session.add(LabEvent(lab_id=lab.id, from_state="provisioning", to_state=state, reason="test", at=now))
-        session.commit()
-        return lab.id
 
 
 def export_row(rt: Runtime, export_id: int) -> LabExport:

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 import pytest
-from redis import Redis
 from sqlalchemy import select
 
 from broker import images
@@ -33,10 +32,9 @@ from broker.models import Backend, CheckAttempt, Image, Lab
 from broker.runtime import Runtime
 from connectors.local.connector import LocalConnector
 from lti.emulator.registration import register_with_tool
-from tests.conftest import make_settings
 from tests.support.browser import chromium, require_browser, require_desktop
-from tests.support.guacd_double import GuacdDouble, guacd_doubles
-from tests.support.http import LiveServer, free_port
+from tests.support.e2e_stack import db_url, guacd, ports, settings  # noqa: F401 - fixtures
+from tests.support.http import LiveServer
 from tests.support.tunnel import serve_with_tunnel
 from tests.support.workers import WorkerPool
 from web.vendor import GUACAMOLE_JS
@@ -50,34 +48,6 @@ SHIPPED = Path(__file__).resolve().parents[2] / "desktop-images"
 HINT = "Open the terminal in your lab and type: echo hi > ~/hello.txt"
 VIEWPORT = {"width": 1200, "height": 1000}
 RUNNING = "Your lab is running."
-
-
-@pytest.fixture
-def db_url(sqlite_db_url: str) -> str:
-    """SQLite shared by the web threads, the worker and the tunnel (the embedded default)."""
-    return sqlite_db_url
-
-
-@pytest.fixture
-def guacd() -> Iterator[GuacdDouble]:
-    with guacd_doubles() as start:
-        yield start(sync_interval=0.5, frame_color=(40, 90, 160), frame_size=(800, 500))
-
-
-@pytest.fixture
-def ports() -> dict[str, int]:
-    return {"web": free_port(), "tunnel": free_port()}
-
-
-@pytest.fixture
-def settings(db_url: str, tmp_path: Path, redis_client: Redis, guacd: GuacdDouble, ports: dict[str, int]) -> Settings:
-    return make_settings(
-        db_url, tmp_path,
-        public_url=f"http://127.0.0.1:{ports['web']}",
-        tunnel_listen=f"127.0.0.1:{ports['tunnel']}",
-        guacd_hosts=(f"127.0.0.1:{guacd.address[1]}",),
-        default_backend="local",  # what the emulator's demo link opens its labs on
-    )
 
 
 def catalogue_copy(tmp_path: Path) -> tuple[Path, str]:

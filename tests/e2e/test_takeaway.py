@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 import pytest
-from redis import Redis
 from sqlalchemy import select
 
 from broker import images
@@ -30,11 +29,10 @@ from broker.models import Backend, Image, Lab, LabExport
 from broker.runtime import Runtime
 from connectors.local.connector import LocalConnector
 from lti.emulator.registration import register_with_tool
-from tests.conftest import make_settings
 from tests.e2e.test_check_my_work import PAGE_ERRORS, RUNNING, VIEWPORT, lab_frame, require_viewer, watched
 from tests.support.browser import chromium, require_browser, require_desktop
-from tests.support.guacd_double import GuacdDouble, guacd_doubles
-from tests.support.http import LiveServer, free_port
+from tests.support.e2e_stack import db_url, guacd, ports, settings  # noqa: F401 - fixtures
+from tests.support.http import LiveServer
 from tests.support.tunnel import serve_with_tunnel
 from tests.support.workers import WorkerPool
 from tests.takeaway_support import TEMPLATE
@@ -45,34 +43,6 @@ if TYPE_CHECKING:
 pytestmark = [pytest.mark.browser, pytest.mark.desktop, pytest.mark.slow]
 
 SHIPPED = Path(__file__).resolve().parents[2] / "desktop-images"
-
-
-@pytest.fixture
-def db_url(sqlite_db_url: str) -> str:
-    """SQLite shared by the web threads, the worker and the tunnel (the embedded default)."""
-    return sqlite_db_url
-
-
-@pytest.fixture
-def guacd() -> Iterator[GuacdDouble]:
-    with guacd_doubles() as start:
-        yield start(sync_interval=0.5, frame_color=(40, 90, 160), frame_size=(800, 500))
-
-
-@pytest.fixture
-def ports() -> dict[str, int]:
-    return {"web": free_port(), "tunnel": free_port()}
-
-
-@pytest.fixture
-def settings(db_url: str, tmp_path: Path, redis_client: Redis, guacd: GuacdDouble, ports: dict[str, int]) -> Settings:
-    return make_settings(
-        db_url, tmp_path,
-        public_url=f"http://127.0.0.1:{ports['web']}",
-        tunnel_listen=f"127.0.0.1:{ports['tunnel']}",
-        guacd_hosts=(f"127.0.0.1:{guacd.address[1]}",),
-        default_backend="local",
-    )
 
 
 def set_work_folder(rt: Runtime, folder: str) -> None:

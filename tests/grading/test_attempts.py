@@ -22,7 +22,6 @@ from broker.attempts import NotGradable
 from broker.grades import Scored, policy_choice
 from broker.catalogue import load
 from broker.clock import set_clock, utcnow
-from broker.connector import LabSpec
 from broker.dispatch import DEFAULT_QUEUE
 from broker.errors import InvalidTransition
 from broker.grading import CheckOutcome, CheckScript, CheckTarget
@@ -30,8 +29,8 @@ from broker.lifecycle import LabState
 from broker.models import Activity, Backend, CheckAttempt, Image, Lab, LabEvent, ScoreOutbox
 from broker.runtime import Runtime
 from broker.services import NotFound
-from broker.testing.fake import FakeConnector
 from tests.catalogue import ENTRY, make_root, write_entry
+from tests.support.fake_labs import running_lab, set_spec
 from tests.support.waiting import wait_until
 from tests.support.workers import ROOT, WorkerPool
 from tests.support.world import World, add_learner
@@ -75,30 +74,10 @@ def set_activity(rt: Runtime, world: World, **fields: Any) -> None:
         session.commit()
 
 
-def set_spec(rt: Runtime, world: World, spec: dict[str, Any]) -> None:
-    with rt.session() as session:
-        session.get(Activity, world.activity_id).image.spec = spec
-        session.commit()
-
-
 @pytest.fixture
 def graded(rt: Runtime, world: World, tmp_path: Path) -> World:
     set_spec(rt, world, graded_spec(tmp_path))
     return world
-
-
-def running_lab(rt: Runtime, world: World, fake_dir: Path, user_id: int | None = None, state: str = "running") -> int:
-    """A lab row whose fake backend object exists (what a finished provision leaves), without a worker."""
-    now = utcnow()
-    with rt.session() as session:
-        lab = Lab(user_id=user_id or world.user_id, activity_id=world.activity_id, backend_id=world.backend_id, state=state,
-                  last_active_at=now, state_changed_at=now)
-        session.add(lab)
-        session.flush()
-        lab.handle = FakeConnector("fake", {"state_dir": str(fake_dir)}).provision(LabSpec(lab.id, "img-fake", "learner-1"))
-        session.add(LabEvent(lab_id=lab.id, from_state="resuming", to_state=state, reason="test", at=now))
-        session.commit()
-        return lab.id
 
 
 def attempt_row(rt: Runtime, attempt_id: int) -> CheckAttempt:

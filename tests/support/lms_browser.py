@@ -20,6 +20,7 @@ from lti.emulator.registration import register_with_tool
 from tests.conftest import make_settings
 from tests.emulator.flow import auto_forms
 from tests.support.http import LiveServer, serve
+from tests.support.inline import lab_state, run_queued_jobs
 from tests.support.world import add_lab_catalogue
 
 
@@ -60,3 +61,16 @@ class Person:
     def post(self, path: str, csrf_from: str, **kwargs: object) -> requests.Response:
         headers = {"X-CSRF-Token": self.csrf(csrf_from)}
         return self.http.post(self.base + path, headers=headers, timeout=10, **kwargs)  # type: ignore[arg-type]
+
+
+def running_lab(rt: Runtime, sub: str) -> tuple[Person, int]:
+    """`sub` launched from the emulator, and the lab they landed on, started by its queued jobs (run here)."""
+    person = Person(rt, sub)
+    lab_id = int(person.landed.url.rsplit("/", 1)[1])
+    run_queued_jobs(rt)
+    assert lab_state(rt, lab_id) == "running"
+    return person, lab_id
+
+
+def get(person: Person, path: str) -> requests.Response:
+    return person.http.get(person.base + path, timeout=10)

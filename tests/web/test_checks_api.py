@@ -25,8 +25,8 @@ from broker.models import Activity, CheckAttempt, Image, Lab, ScoreOutbox
 from broker.runtime import Runtime
 from lti.emulator import site, store
 from tests.support.http import LiveServer
-from tests.support.inline import lab_state, run_queued_jobs
-from tests.support.lms_browser import Person, lms_settings, serve_with_emulator
+from tests.support.inline import run_queued_jobs
+from tests.support.lms_browser import Person, get, lms_settings, running_lab, serve_with_emulator
 
 pytestmark = pytest.mark.slow
 
@@ -74,20 +74,8 @@ def lms(rt: Runtime, port: int, tmp_path: Path, home: Path) -> Iterator[LiveServ
         yield server
 
 
-def running_lab(rt: Runtime, sub: str) -> tuple[Person, int]:
-    person = Person(rt, sub)
-    lab_id = int(person.landed.url.rsplit("/", 1)[1])
-    run_queued_jobs(rt)
-    assert lab_state(rt, lab_id) == "running"
-    return person, lab_id
-
-
 def check(person: Person, lab_id: int):  # type: ignore[no-untyped-def]
     return person.post(f"/api/labs/{lab_id}/check", f"/labs/{lab_id}", json={})
-
-
-def get(person: Person, path: str):  # type: ignore[no-untyped-def]
-    return person.http.get(person.base + path, timeout=10)
 
 
 def set_activity(rt: Runtime, lab_id: int, **values: object) -> int:

@@ -24,8 +24,8 @@ from broker.config import Settings
 from broker.models import Image, Lab, LabExport
 from broker.runtime import Runtime
 from tests.support.http import LiveServer
-from tests.support.inline import lab_state, run_queued_jobs
-from tests.support.lms_browser import Person, lms_settings, serve_with_emulator
+from tests.support.inline import run_queued_jobs
+from tests.support.lms_browser import Person, get, lms_settings, running_lab, serve_with_emulator
 from tests.takeaway_support import VAGRANT, vagrant_spec
 
 pytestmark = pytest.mark.slow
@@ -61,20 +61,8 @@ def set_spec(rt: Runtime, spec: dict[str, object]) -> None:
         db.commit()
 
 
-def running_lab(rt: Runtime, sub: str) -> tuple[Person, int]:
-    person = Person(rt, sub)
-    lab_id = int(person.landed.url.rsplit("/", 1)[1])
-    run_queued_jobs(rt)
-    assert lab_state(rt, lab_id) == "running"
-    return person, lab_id
-
-
 def take_away(person: Person, lab_id: int) -> requests.Response:
     return person.post(f"/api/labs/{lab_id}/take-away", f"/labs/{lab_id}", json={})
-
-
-def get(person: Person, path: str) -> requests.Response:
-    return person.http.get(person.base + path, timeout=10)
 
 
 def test_the_owner_takes_the_lab_home_with_their_work(lms: LiveServer, rt: Runtime, home: Path) -> None:
