@@ -17,7 +17,8 @@ import pytest
 
 from broker.connector import LabSpec, ObservedState
 from broker.grading import CheckScript, runner_for
-from broker.takeaway import _Lab, _work_archive
+from broker.lab_jobs import LabSnapshot
+from broker.takeaway import _work_archive
 from broker.takeaway_bundle import build_bundle
 from tests.support.vagrant import BOX, tiny_box, tiny_entry
 
@@ -52,7 +53,7 @@ def test_the_bundle_runs_the_same_lab_at_home_with_the_learners_work(backend: di
         time.sleep(0.5)
     run_as_root(connector, handle, f"#!/bin/sh\nmkdir -p /home/lab/work/src && echo '{NOTE}' > /home/lab/work/src/notes.txt\n")
     shim = SimpleNamespace(settings=SimpleNamespace(takeaway_work_limit_mb=32), connector=lambda _name: connector)
-    archive, note = _work_archive(shim, _Lab("running", handle, "vagrant-hosted", spec))  # type: ignore[arg-type]
+    archive, note = _work_archive(shim, LabSnapshot("running", handle, "vagrant-hosted", spec))  # type: ignore[arg-type]
     assert note == ""
     connector.delete(handle)  # the hosted lab is gone: what follows uses only the bundle
 
