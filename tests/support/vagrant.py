@@ -81,8 +81,9 @@ def vagrant_backend() -> Iterator[dict[str, Any]]:
             yield config
         finally:
             destroy_leftovers(config)
-            for volume in virsh(uri, "vol-list", pool, "--name", check=False).split():
-                virsh(uri, "vol-delete", "--pool", pool, volume, check=False)
+            for line in virsh(uri, "vol-list", pool, check=False).splitlines()[2:]:  # a header, a rule, then "name path"
+                if line.split():
+                    virsh(uri, "vol-delete", "--pool", pool, line.split()[0], check=False)
             virsh(uri, "pool-destroy", pool, check=False)
             shutil.rmtree(root, ignore_errors=True)
 
