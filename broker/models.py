@@ -84,6 +84,10 @@ class Backend(Base):
     secrets: Mapped[bytes | None] = mapped_column(LargeBinary)
     enabled: Mapped[bool] = mapped_column(default=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    capacity: Mapped[int | None] = mapped_column(default=None)  # labs at once set by an admin; None: the backend's own
+    draining: Mapped[bool] = mapped_column(default=False)  # takes no new labs; running ones finish their life
+    hourly_price: Mapped[float | None] = mapped_column(default=None)  # per running lab-hour, for the cost view
+    suspended_hourly_price: Mapped[float | None] = mapped_column(default=None)  # per suspended lab-hour
 
     @property
     def queue_name(self) -> str:
@@ -193,10 +197,13 @@ class LabEvent(Base):
 
 
 class AuditEvent(Base):
-    """Who did what to whose lab, beyond state changes: an instructor watching a learner's desktop."""
+    """Who did what, beyond state changes: an instructor watching a learner's desktop, every admin action.
+
+    `target` names what an action was on when it is not a lab ("backend:eu-1", "platform:3"); `address`
+    is the client's IP address for actions taken in a browser."""
 
     __tablename__ = "audit_events"
-    __table_args__ = (Index("ix_audit_events_lab_id_at", "lab_id", "at"),)
+    __table_args__ = (Index("ix_audit_events_lab_id_at", "lab_id", "at"), Index("ix_audit_events_at", "at"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
     lab_id: Mapped[int | None] = mapped_column(ForeignKey("labs.id"))
@@ -204,6 +211,26 @@ class AuditEvent(Base):
     action: Mapped[str] = mapped_column(String(64))
     detail: Mapped[str] = mapped_column(String(500), default="")
     at: Mapped[datetime] = mapped_column(default=utcnow)
+    target: Mapped[str] = mapped_column(String(255), default="")
+    address: Mapped[str] = mapped_column(String(64), default="")
+
+
+class Admin(Base):
+    """Someone who may use the admin console: signed in by the institution's OpenID Connect provider
+    (`issuer` + `subject`), or a local bootstrap account with a password (`labdesk admins add`)."""
+
+    __tablename__ = "admins"
+    __table_args__ = (UniqueConstraint("issuer", "subject"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(String(255), unique=True)
+    password_hash: Mapped[str | None] = mapped_column(String(255), default=None)  # local accounts only
+    issuer: Mapped[str | None] = mapped_column(String(255), default=None)  # OIDC accounts only
+    subject: Mapped[str | None] = mapped_column(String(255), default=None)
+    email: Mapped[str] = mapped_column(String(255), default="")
+    disabled: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_sign_in_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class Membership(Base):
