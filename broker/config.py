@@ -81,6 +81,16 @@ class Settings:
     tunnel_max_connections: int = 4000  # per tunnel process; more are refused with "server busy"
     # Take-away bundles (docs/takeaway.md).
     takeaway_work_limit_mb: int = 32  # the learner's work folder, read as base64 of its tar.gz, at most this many MiB
+    # Admin console (docs/admin.md).
+    admin_oidc_issuer: str = ""  # the institution's OpenID Connect issuer; empty: password sign-in only
+    admin_oidc_client_id: str = ""
+    admin_oidc_client_secret: str = ""  # from the TOML file or the environment; never shown
+    admin_oidc_name: str = "your institution"  # "Sign in with <name>"
+    admin_oidc_allowed: tuple[str, ...] = ()  # verified emails or @domains that may become admins; empty: existing admins only
+    admin_session_max_age: int = 8 * 3600  # an admin signs in again after this long, whatever they do
+    admin_session_idle: int = 3600  # ... or after this long without a request
+    admin_login_attempts: int = 5  # failed password sign-ins per username and address ...
+    admin_login_window: int = 900  # ... within this many seconds, then sign-in is refused until it passes
 
     @property
     def sqlalchemy_url(self) -> str:
@@ -143,6 +153,7 @@ def _build(values: Mapping[str, tuple[Any, str]]) -> Settings:
         converted[key] = _convert(known[key], value, origin)
     settings = dataclasses.replace(Settings(), **converted)
     _check_desktop(settings)
+    _check_admin_oidc(settings)
     return settings
 
 
@@ -159,6 +170,15 @@ def _check_desktop(settings: Settings) -> None:
             raise ConfigError(f"{which}: expected host:port, got {entry!r}")
     if settings.tunnel_url and not settings.tunnel_url.startswith(("ws://", "wss://")):
         raise ConfigError(f"tunnel_url: expected a ws:// or wss:// URL, got {settings.tunnel_url!r}")
+
+
+def _check_admin_oidc(settings: Settings) -> None:
+    """An issuer without its client (or the reverse) is a half-configured sign-in: refuse it at start."""
+    oidc = (settings.admin_oidc_issuer, settings.admin_oidc_client_id, settings.admin_oidc_client_secret)
+    if any(oidc) and not all(oidc):
+        raise ConfigError("admin_oidc_issuer, admin_oidc_client_id and admin_oidc_client_secret: set all three or none")
+    if settings.admin_oidc_issuer and not settings.admin_oidc_issuer.startswith(("https://", "http://")):
+        raise ConfigError(f"admin_oidc_issuer: expected an https:// URL, got {settings.admin_oidc_issuer!r}")
 
 
 def _convert(spec: dataclasses.Field[Any], value: Any, origin: str) -> Any:
