@@ -363,5 +363,6 @@ def demo_seed() -> None:
 from broker.cli_images import images_group  # noqa: E402  (built on the helpers above)
 from broker.cli_gpus import gpus_group, watch  # noqa: E402
 from broker.cli_boxes import boxes_group  # noqa: E402
+from broker.cli_admins import admins_group  # noqa: E402
 
-COMMANDS = [db, labs, backends, sweep, worker, scheduler, run_all, demo, images_group, gpus_group, watch, boxes_group]
+COMMANDS = [db, labs, backends, sweep, worker, scheduler, run_all, demo, images_group, gpus_group, watch, boxes_group, admins_group]

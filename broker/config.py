@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -84,7 +84,7 @@ class Settings:
     # Admin console (docs/admin.md).
     admin_oidc_issuer: str = ""  # the institution's OpenID Connect issuer; empty: password sign-in only
     admin_oidc_client_id: str = ""
-    admin_oidc_client_secret: str = ""  # from the TOML file or the environment; never shown
+    admin_oidc_client_secret: str = field(default="", repr=False)  # from the TOML file or the environment; never shown
     admin_oidc_name: str = "your institution"  # "Sign in with <name>"
     admin_oidc_allowed: tuple[str, ...] = ()  # verified emails or @domains that may become admins; empty: existing admins only
     admin_session_max_age: int = 8 * 3600  # an admin signs in again after this long, whatever they do
