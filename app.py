@@ -30,6 +30,7 @@ from web.desktop import desktop
 from web.vendor import vendor
 from web.takeaway import takeaways
 from web.presence import PresenceRoute
+import web.admin
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 import lti.web
@@ -51,6 +52,7 @@ def create_app(settings: Settings | None = None, rt: Runtime | None = None) -> F
         app.register_blueprint(blueprint)
     protect(app)
     lti.web.register(app, settings.emulator)
+    web.admin.register(app, settings)
     register_error_pages(app)
     signals = SignalBuffer(rt.redis, settings.presence_batch_ms / 1000)
     app.wsgi_app = PresenceRoute(app, signals)  # type: ignore[method-assign]

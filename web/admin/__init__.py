@@ -1,0 +1,21 @@
+"""The admin console under /admin/: sign-in (password or the institution's OpenID Connect provider),
+the dashboard and the audit log. docs/admin.md has the decisions.
+
+Sections other work adds register their views on `admin` (this blueprint) and wrap them in
+`web.admin.auth.admin_required`; the navigation links a section as soon as its endpoint exists.
+"""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from broker.config import Settings
+from web.admin import oidc
+from web.admin.auth import admin
+from web.admin import pages  # noqa: F401  (its routes register on `admin`)
+
+
+def register(app: Flask, settings: Settings) -> None:
+    """Mount the console and, when configured, the OpenID Connect client."""
+    app.register_blueprint(admin)
+    oidc.setup(app, settings)
