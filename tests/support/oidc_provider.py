@@ -44,6 +44,7 @@ class IdpState:
     codes: dict[str, dict[str, Any]] = field(default_factory=dict)
     pkce_verified: int = 0
     token_requests: int = 0
+    redirect_uris: list[str] = field(default_factory=list)
 
 
 class OidcProvider:
@@ -124,6 +125,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _authorize(self, query: dict[str, str]) -> None:
         if query.get("client_id") != CLIENT_ID or query.get("response_type") != "code" or "openid" not in query.get("scope", ""):
             return self._json({"error": "invalid_request"}, 400)
+        self.idp.state.redirect_uris.append(query["redirect_uri"])
         code = secrets.token_urlsafe(16)
         self.idp.state.codes[code] = {
             "nonce": query.get("nonce", ""), "challenge": query.get("code_challenge", ""),

@@ -30,15 +30,16 @@ def idp() -> Iterator[OidcProvider]:
 
 
 @pytest.fixture
-def settings(db_url: str, tmp_path: Path, redis_client: Redis, idp: OidcProvider) -> Settings:
-    return make_settings(db_url, tmp_path, admin_oidc_issuer=idp.issuer, admin_oidc_client_id=CLIENT_ID,
+def settings(db_url: str, tmp_path: Path, redis_client: Redis, idp: OidcProvider, port: int) -> Settings:
+    return make_settings(db_url, tmp_path, public_url=f"http://127.0.0.1:{port}", admin_oidc_issuer=idp.issuer, admin_oidc_client_id=CLIENT_ID,
                          admin_oidc_client_secret=CLIENT_SECRET, admin_oidc_name="Uni Login",
                          admin_oidc_allowed=("grace@uni.example", "@staff.uni.example"))
 
 
 @pytest.fixture
-def server(rt: Runtime) -> Iterator[LiveServer]:
-    yield from serve(create_app(rt.settings, rt))
+def server(rt: Runtime, port: int) -> Iterator[LiveServer]:
+    """The app on the port its `public_url` names: the redirect URI sent to the provider is built from it."""
+    yield from serve(create_app(rt.settings, rt), port)
 
 
 def sign_in(server: LiveServer) -> tuple[requests.Session, requests.Response]:
@@ -59,6 +60,7 @@ def test_an_allowed_user_signs_in_and_is_linked_as_an_admin(rt: Runtime, server:
     assert landed.status_code == 200 and landed.url == server.url + "/admin/"
     assert "Signed in as <strong>grace@uni.example</strong>" in landed.text
     assert idp.state.pkce_verified == 1, "the code was exchanged with a PKCE verifier the provider checked"
+    assert idp.state.redirect_uris == [rt.settings.public_url + "/admin/oidc/callback"]
     with rt.session() as db:
         row = db.scalar(select(Admin))
         assert (row.issuer, row.subject, row.email, row.password_hash) == (idp.issuer, "grace-1", "grace@uni.example", None)
@@ -144,3 +146,10 @@ def test_without_an_issuer_there_is_no_provider_button(rt: Runtime, tmp_path: Pa
         page = requests.get(live.url + "/admin/login", timeout=10)
         assert page.status_code == 200 and "Sign in with" not in page.text
         assert requests.get(live.url + "/admin/oidc/login", timeout=10).status_code == 404
+
+
+def test_a_provider_that_cannot_be_reached_is_said_so_on_the_sign_in_page(rt: Runtime, server: LiveServer, idp: OidcProvider) -> None:
+    idp.close()
+    browser, page = sign_in(server)
+    assert page.status_code == 503
+    assert "Sign-in with Uni Login is not possible now: the identity provider could not be reached." in page.text

@@ -48,6 +48,19 @@ def client() -> Any | None:
     return current_app.extensions.get(EXTENSION)
 
 
+def callback_url(settings: Settings) -> str:
+    """The redirect URI registered at the provider: built from `public_url`, never from the request's Host."""
+    return settings.public_url.rstrip("/") + "/admin/oidc/callback"
+
+
+def start(oidc_client: Any, settings: Settings) -> Any:
+    """The redirect to the provider's authorization endpoint (discovery happens here the first time)."""
+    try:
+        return oidc_client.authorize_redirect(callback_url(settings))
+    except (AuthlibBaseError, requests.RequestException, ValueError, KeyError, RuntimeError) as exc:
+        raise OidcFailed(_reason(exc)) from exc
+
+
 def identity_from_callback(oidc_client: Any) -> OidcIdentity:
     """Finish the code flow on the callback request and return who the verified id_token names."""
     try:

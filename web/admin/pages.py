@@ -75,7 +75,10 @@ def oidc_login():  # type: ignore[no-untyped-def]
     found = oidc.client()
     if found is None:
         return _login_page("Sign-in with an identity provider is not configured.", 404)
-    return found.authorize_redirect(url_for("admin.oidc_callback", _external=True))
+    try:
+        return oidc.start(found, rt().settings)
+    except oidc.OidcFailed as exc:
+        return _login_page(f"Sign-in with {rt().settings.admin_oidc_name} is not possible now: {exc}.", 503)
 
 
 @admin.get("/oidc/callback")
