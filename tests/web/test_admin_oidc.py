@@ -14,7 +14,8 @@ from sqlalchemy import select
 
 from app import create_app
 from broker import admins
-from broker.config import Settings
+from broker.config import Settings, load_settings
+from broker.errors import ConfigError
 from broker.models import Admin, AuditEvent
 from broker.runtime import Runtime
 from tests.conftest import make_settings
@@ -153,3 +154,16 @@ def test_a_provider_that_cannot_be_reached_is_said_so_on_the_sign_in_page(rt: Ru
     browser, page = sign_in(server)
     assert page.status_code == 503
     assert "Sign-in with Uni Login is not possible now: the identity provider could not be reached." in page.text
+
+
+def test_half_an_oidc_configuration_stops_the_start_and_the_secret_is_never_in_the_settings_repr() -> None:
+    with pytest.raises(ConfigError, match="set all three or none"):
+        load_settings(environ={"LABDESK_ADMIN_OIDC_ISSUER": "https://login.uni.example"})
+    with pytest.raises(ConfigError, match="admin_oidc_issuer: expected an https:// URL"):
+        load_settings(environ={}, overrides={"admin_oidc_issuer": "login.uni.example", "admin_oidc_client_id": "x",
+                                            "admin_oidc_client_secret": "y"})
+    full = load_settings(environ={"LABDESK_ADMIN_OIDC_ISSUER": "https://login.uni.example", "LABDESK_ADMIN_OIDC_CLIENT_ID": "x",
+                                  "LABDESK_ADMIN_OIDC_CLIENT_SECRET": "very-secret-value",
+                                  "LABDESK_ADMIN_OIDC_ALLOWED": "a@uni.example, @staff.uni.example"})
+    assert full.admin_oidc_client_secret == "very-secret-value" and "very-secret-value" not in repr(full)
+    assert full.admin_oidc_allowed == ("a@uni.example", "@staff.uni.example")
