@@ -14,7 +14,7 @@ from datetime import timedelta
 from rq import Retry, get_current_job
 from sqlalchemy.orm import Session
 
-from broker import endpoints, gpu_queue, gpus, runtime
+from broker import backend_ops, endpoints, gpu_queue, gpus, runtime
 from broker.clock import utcnow
 from broker.connector import Connector, LabSpec, ObservedState
 from broker.dispatch import JobRequest
@@ -70,9 +70,14 @@ def advance_lab(lab_id: int, state: str, recoveries: int = 0) -> Retry | None:
         if lab is None or lab.state not in _DRIVES[S(state)] or lab.recoveries != recoveries:
             return None
         if lab.state == S.REQUESTED:
+            try:
+                backend_ops.admit_new_lab(session, lab)  # an admin's drain or capacity: wait as for a full backend
+            except CapacityError as exc:
+                lab.waiting_for = "capacity"
+                return _back_off(session, lab, exc, minimum=30)
             if not gpu_queue.admit(rt, session, lab):
                 return None  # queued for a GPU: whoever frees one enqueues this lab again
-            if not transition(session, rt.settings, lab_id, S.REQUESTED, S.PROVISIONING, _move("worker picked it up")):
+            if not transition(session, rt.settings, lab_id, S.REQUESTED, S.PROVISIONING, _move("worker picked it up"), waiting_for=None):
                 return None
             session.refresh(lab)
         step = STEPS.get(S(lab.state))
