@@ -6,8 +6,8 @@ Every command that a script may read has `--json`. Errors print one line, `error
 from __future__ import annotations
 
 import functools
+import getpass
 import json
-import secrets as std_secrets
 import signal
 import subprocess
 import sys
@@ -20,7 +20,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
-from broker import migrate, runtime, schedule, services
+from broker import backend_registry, migrate, runtime, schedule, services
 from broker.errors import LabDeskError
 from broker.lifecycle import LabState
 from broker.models import Backend, Lab, LabEvent
@@ -154,16 +154,6 @@ def backends() -> None:
     """Register and check connector backends."""
 
 
-def _key_values(pairs: tuple[str, ...], what: str) -> dict[str, str]:
-    values = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint=what)
-        values[key] = value
-    return values
-
-
 @backends.command("add")
 @click.argument("name")
 @click.option("--kind", required=True, help="Connector kind (entry point name), e.g. local, heat, libvirt.")
@@ -172,27 +162,29 @@ def _key_values(pairs: tuple[str, ...], what: str) -> dict[str, str]:
 @click.option("--if-missing", is_flag=True, help="Do nothing when a backend of that name exists.")
 @fails_cleanly
 def backends_add(name: str, kind: str, config_json: str, secret_pairs: tuple[str, ...], if_missing: bool) -> None:
-    """Register a backend."""
+    """Register a backend (validated by building its connector; secrets sealed; see broker.backend_registry)."""
     connector_class(kind)
     try:
-        config = json.loads(config_json)
-    except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--config") from None
-    if not isinstance(config, dict):
-        raise click.BadParameter("must be a JSON object", param_hint="--config")
-    secrets = _key_values(secret_pairs, "--secret")
-    # Connectors derive each lab's passwords and keys from this (connectors/credentials.py).
-    secrets.setdefault("credential_seed", std_secrets.token_urlsafe(32))
-    connector_class(kind)(name, {**config, **secrets})  # refuses bad settings now, with its message
-    with rt().session() as session:
-        if session.scalar(select(Backend).where(Backend.name == name)):
-            if if_missing:
-                click.echo(f"backend {name} exists")
-                return
-            raise LabDeskError(f"a backend named '{name}' already exists")
-        session.add(Backend(name=name, kind=kind, config=config, secrets=rt().vault.seal(secrets)))
-        session.commit()
+        config = backend_registry.parse_config(config_json)
+        secrets = backend_registry.parse_secrets(secret_pairs)
+    except backend_registry.InvalidBackendInput as exc:
+        raise click.BadParameter(str(exc), param_hint="--config" if exc.field == "config" else "--secret") from None
+    try:
+        backend_registry.register(rt(), name, kind, config, secrets, actor=cli_actor())
+    except backend_registry.BackendExists:
+        if not if_missing:
+            raise
+        click.echo(f"backend {name} exists")
+        return
     click.echo(f"backend {name} ({kind}) registered")
+
+
+def cli_actor() -> str:
+    """Who ran the command, as the audit log names them."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli:unknown"
 
 
 @backends.command("list")
