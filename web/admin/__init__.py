@@ -13,6 +13,7 @@ from broker.config import Settings
 from web.admin import oidc
 from web.admin.auth import admin
 from web.admin import pages  # noqa: F401  (its routes register on `admin`)
+from web.admin import usage  # noqa: F401,E402  (/admin/usage)
 
 
 def register(app: Flask, settings: Settings) -> None:
