@@ -34,7 +34,7 @@ def _catalogue() -> list[dict[str, Any]]:
             spec = image.spec if isinstance(image.spec, dict) else {}
             entry["versions"].append({
                 "version": image.version, "protocol": image.protocol, "backends": sorted(spec.get("backends", {})),
-                "digest": image.digest[:12], "created_at": image.created_at, "activities": used.get(image.id, []),
+                "digest": (image.digest or "")[:12], "created_at": image.created_at, "activities": used.get(image.id, []),
             })
     return list(by_slug.values())
 
