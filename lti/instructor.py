@@ -7,10 +7,9 @@ from __future__ import annotations
 from datetime import datetime
 
 from flask import Blueprint, abort, redirect, render_template, request, session, url_for
-from sqlalchemy import select
 
-from broker import attempt_views, grading_settings, services
-from broker.models import Activity, CheckAttempt, Lab, Membership, User
+from broker import attempt_views, class_view, grading_settings, services
+from broker.models import Activity, CheckAttempt
 from broker.services import NotFound
 from lti import nrps
 from lti.roles import view_for
@@ -34,9 +33,9 @@ def _page(db, found: Activity, *, roster=None, roster_error: str = "", grading_s
           grading_form: dict[str, str] | None = None, grading_error: str = ""):
     """The instructor view; `grading_form` (what was typed) and `grading_error` when a save was refused."""
     return render_template(
-        "lti/instructor.html", activity=found, rows=_rows(db, found), roster=roster, roster_error=roster_error,
+        "lti/instructor.html", activity=found, rows=class_view.lab_rows(db, found), roster=roster, roster_error=roster_error,
         newer=services.newer_image(db, found), updated=request.args.get("updated"),
-        grades=_grades(db, found), check_count=len((found.image.spec or {}).get("checks") or []),
+        grades=class_view.grade_rows(rt(), db, found), check_count=len((found.image.spec or {}).get("checks") or []),
         grading_form=grading_form or _grading_form(found), grading_error=grading_error, grading_saved=grading_saved,
     )
 
@@ -121,18 +120,6 @@ def _teaches(db, activity: Activity) -> bool:  # type: ignore[no-untyped-def]
     return activity.course_id in session.get("instructor_courses", []) and services.is_instructor(db, activity.course_id, session.get("user_id", 0))
 
 
-def _grades(db, activity: Activity) -> list[dict[str, object]]:  # type: ignore[no-untyped-def]
-    """Every learner's attempts and current score (`broker.attempts`), then the course's learners who have
-    not checked their work yet, with no attempts."""
-    graded = attempt_views.activity_attempts(rt(), activity.id)
-    seen = {row["user_id"] for row in graded}
-    waiting = db.execute(
-        select(User).join(Membership, Membership.user_id == User.id)
-        .where(Membership.course_id == activity.course_id, Membership.role == "learner").order_by(User.name)
-    ).scalars()
-    return graded + [dict(user_id=u.id, name=u.name or u.subject, attempts=[], score=None) for u in waiting if u.id not in seen]
-
-
 def _roster(activity_id: int) -> tuple[list[dict[str, str]], str]:
     """The class list from the LMS (NRPS, every page), fetched only when the instructor asks: it is a call
     to the LMS, bounded by `lti_http_timeout` per page."""
@@ -141,19 +128,3 @@ def _roster(activity_id: int) -> tuple[list[dict[str, str]], str]:
     except ServiceError as exc:
         return [], f"The LMS did not give the class roster: {exc}"
     return [dict(name=m.name or m.email or m.user_id, view=view_for(m.roles), status=m.status) for m in members], ""
-
-
-def _rows(db, activity: Activity) -> list[dict[str, object]]:  # type: ignore[no-untyped-def]
-    labs = {lab.user_id: lab for lab in db.scalars(select(Lab).where(Lab.activity_id == activity.id).order_by(Lab.id))}
-    members = db.execute(
-        select(Membership, User).join(User, User.id == Membership.user_id).where(Membership.course_id == activity.course_id).order_by(User.name)
-    ).all()
-    return [
-        dict(
-            name=user.name, role=member.role, test_user=member.test_user,
-            state=labs[user.id].state if user.id in labs else None,
-            lab_id=labs[user.id].id if user.id in labs else None,
-            last_active=labs[user.id].last_active_at.strftime("%Y-%m-%d %H:%M UTC") if user.id in labs else None,
-        )
-        for member, user in members
-    ]

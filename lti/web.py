@@ -6,6 +6,7 @@ import threading
 
 from flask import Flask, request
 
+from lti.dashboard import dashboard
 from lti.deep_linking import deep_linking
 from lti.instructor import instructor
 from lti.launch import launch_pages
@@ -14,7 +15,7 @@ from web.context import rt
 
 
 def register(app: Flask, emulator_enabled: bool) -> None:
-    for blueprint in (launch_pages, deep_linking, registration, instructor):
+    for blueprint in (launch_pages, deep_linking, registration, instructor, dashboard):
         app.register_blueprint(blueprint)
     if emulator_enabled:
         _add_emulator(app)

@@ -45,9 +45,10 @@ def serve_with_emulator(rt: Runtime, port: int, tmp_path: Path, **backend_config
 class Person:
     """A browser that arrived through an emulator launch."""
 
-    def __init__(self, rt: Runtime, sub: str) -> None:
+    def __init__(self, rt: Runtime, sub: str, **launch: Any) -> None:
+        """`launch`: `launches.start`'s link_id and context, for a link or course other than the demo's."""
         self.http = requests.Session()
-        page = self.http.get(launches.start(rt, sub), timeout=10)
+        page = self.http.get(launches.start(rt, sub, **launch), timeout=10)
         form = auto_forms(page.text)[0]
         self.landed = self.http.post(form.action, data=form.fields, timeout=10)
         assert self.landed.status_code == 200, self.landed.text

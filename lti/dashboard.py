@@ -1,0 +1,137 @@
+"""The course dashboard: every activity of a course an instructor teaches, each learner's lab, last
+activity, score and attempts, and what the instructor may do to those labs (watch, suspend, reset, and
+"Suspend all" after class).
+
+Only an instructor of the course reaches any of it: the course must be in the session's
+`instructor_courses` (set by an instructor launch) and the database must still list them as its
+instructor. Everyone else gets 404, as for an unknown id, so the pages do not even confirm that a course
+exists. Every action is a POST with the CSRF token (web/csrf.py) and is written to the audit log.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, abort, redirect, render_template, request, session, url_for
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from broker import audit, class_labs, class_view, services
+from broker.models import Activity, Course, Lab
+from web.context import rt
+
+dashboard = Blueprint("dashboard", __name__, template_folder="templates")
+
+SORTS = ("name", "last_activity")
+STATE_FILTERS = ("running", "suspended", "suspending", "resuming", "requested", "provisioning", "failed", "deleted", "none")
+
+
+@dashboard.get("/teach/courses/<id:course_id>")
+def course(course_id: int):  # type: ignore[no-untyped-def]
+    state, sort = request.args.get("state", ""), request.args.get("sort", "name")
+    with rt().session() as db:
+        found = _taught_course(db, course_id)
+        activities = db.scalars(select(Activity).where(Activity.course_id == course_id).order_by(Activity.title, Activity.id)).all()
+        sections = [dict(activity=a, rows=_shown(class_view.learner_rows(rt(), db, a), state, sort)) for a in activities]
+        return render_template(
+            "lti/dashboard.html", course=found, sections=sections, state=state, sort=sort,
+            states=STATE_FILTERS, notice=_notice(request.args),
+        )
+
+
+@dashboard.post("/teach/labs/<id:lab_id>/suspend")
+def suspend(lab_id: int):  # type: ignore[no-untyped-def]
+    course_id, name = _taught_lab(lab_id)
+    class_labs.suspend(rt(), lab_id, _actor())
+    _audit("lab.suspend", f"lab:{lab_id}", lab_id, f"suspended {name}'s lab")
+    return _back(course_id, done="suspend", learner=name)
+
+
+@dashboard.post("/teach/labs/<id:lab_id>/reset")
+def reset(lab_id: int):  # type: ignore[no-untyped-def]
+    course_id, name = _taught_lab(lab_id)
+    fresh = class_labs.reset(rt(), lab_id, _actor())
+    _audit("lab.reset", f"lab:{lab_id}", lab_id, f"reset {name}'s lab; the new lab is {fresh.id}")
+    return _back(course_id, done="reset", learner=name)
+
+
+@dashboard.post("/teach/activities/<id:activity_id>/suspend-all")
+def suspend_activity(activity_id: int):  # type: ignore[no-untyped-def]
+    with rt().session() as db:
+        activity = db.get(Activity, activity_id)
+        if activity is None:
+            abort(404)
+        course_id = _taught_course(db, activity.course_id).id
+    return _suspend_all(course_id, [activity_id], f"activity:{activity_id}")
+
+
+@dashboard.post("/teach/courses/<id:course_id>/suspend-all")
+def suspend_course(course_id: int):  # type: ignore[no-untyped-def]
+    with rt().session() as db:
+        _taught_course(db, course_id)
+        activity_ids = list(db.scalars(select(Activity.id).where(Activity.course_id == course_id)))
+    return _suspend_all(course_id, activity_ids, f"course:{course_id}")
+
+
+def _suspend_all(course_id: int, activity_ids: list[int], target: str):  # type: ignore[no-untyped-def]
+    result = class_labs.suspend_all(rt(), activity_ids, _actor())
+    detail = f"{len(result.suspended)} suspended, {len(result.skipped)} skipped"
+    _audit("labs.suspend_all", target, None, detail + (f": labs {result.suspended}" if result.suspended else ""))
+    return _back(course_id, suspended=str(len(result.suspended)), skipped=str(len(result.skipped)))
+
+
+def _taught_course(db: Session, course_id: int) -> Course:
+    """The course, if the signed-in user teaches it (session and database agree); 404 otherwise."""
+    found = db.get(Course, course_id)
+    user_id = session.get("user_id")
+    if found is None or user_id is None or course_id not in session.get("instructor_courses", []):
+        abort(404)
+    if not services.is_instructor(db, course_id, user_id):
+        abort(404)
+    return found
+
+
+def _taught_lab(lab_id: int) -> tuple[int, str]:
+    """The course and learner name of a lab of a course the signed-in user teaches; 404 otherwise."""
+    with rt().session() as db:
+        lab = db.get(Lab, lab_id)
+        if lab is None:
+            abort(404)
+        course_id = _taught_course(db, lab.activity.course_id).id
+        return course_id, lab.user.name or lab.user.subject
+
+
+def _actor() -> str:
+    return f"instructor:{session['user_id']}"
+
+
+def _audit(action: str, target: str, lab_id: int | None, detail: str) -> None:
+    """One audit row per action, after it was accepted (a refused action raised before this)."""
+    with rt().session() as db:
+        audit.record(db, _actor(), action, target=target, lab_id=lab_id, detail=detail, address=request.remote_addr or "")
+        db.commit()
+
+
+def _shown(rows: list[dict[str, Any]], state: str, sort: str) -> list[dict[str, Any]]:
+    """The rows the filter keeps ("none": no lab yet), most recently active first when asked."""
+    if state:
+        rows = [row for row in rows if (row["state"] or "none") == state]
+    if sort == "last_activity":
+        rows = sorted(rows, key=lambda row: row["last_activity"], reverse=True)
+    return rows
+
+
+def _notice(args: Any) -> str:
+    """The sentence saying what the last action did (the actions redirect here with it in the query)."""
+    learner = args.get("learner", "")
+    if args.get("done") == "suspend":
+        return f"{learner}'s lab is being suspended. It resumes, as it was, when they open it again."
+    if args.get("done") == "reset":
+        return f"{learner}'s lab is being reset: a fresh lab from the activity's image is starting for them."
+    if "suspended" in args:
+        return f"{args.get('suspended')} suspended, {args.get('skipped', '0')} skipped (not running)."
+    return ""
+
+
+def _back(course_id: int, **notice: str):  # type: ignore[no-untyped-def]
+    return redirect(url_for("dashboard.course", course_id=course_id, **notice), 303)
