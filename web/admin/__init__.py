@@ -15,6 +15,7 @@ from web.admin.auth import admin
 from web.admin import pages  # noqa: F401  (its routes register on `admin`)
 from web.admin import usage  # noqa: F401,E402  (/admin/usage)
 from web.admin import backends, images  # noqa: F401,E402  (/admin/backends, /admin/images)
+from web.admin import labs  # noqa: F401,E402  (/admin/labs)
 
 
 def register(app: Flask, settings: Settings) -> None:
