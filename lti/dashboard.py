@@ -35,7 +35,7 @@ def course(course_id: int):  # type: ignore[no-untyped-def]
         sections = [dict(activity=a, rows=_shown(class_view.learner_rows(rt(), db, a), state, sort)) for a in activities]
         return render_template(
             "lti/dashboard.html", course=found, sections=sections, state=state, sort=sort,
-            states=STATE_FILTERS, notice=_notice(request.args),
+            states=STATE_FILTERS, notice=_notice(db, course_id, request.args),
         )
 
 
@@ -44,7 +44,7 @@ def suspend(lab_id: int):  # type: ignore[no-untyped-def]
     course_id, name = _taught_lab(lab_id)
     class_labs.suspend(rt(), lab_id, _actor())
     _audit("lab.suspend", f"lab:{lab_id}", lab_id, f"suspended {name}'s lab")
-    return _back(course_id, done="suspend", learner=name)
+    return _back(course_id, done="suspend", lab=str(lab_id))
 
 
 @dashboard.post("/teach/labs/<id:lab_id>/reset")
@@ -52,7 +52,7 @@ def reset(lab_id: int):  # type: ignore[no-untyped-def]
     course_id, name = _taught_lab(lab_id)
     fresh = class_labs.reset(rt(), lab_id, _actor())
     _audit("lab.reset", f"lab:{lab_id}", lab_id, f"reset {name}'s lab; the new lab is {fresh.id}")
-    return _back(course_id, done="reset", learner=name)
+    return _back(course_id, done="reset", lab=str(lab_id))
 
 
 @dashboard.post("/teach/activities/<id:activity_id>/suspend-all")
@@ -121,15 +121,20 @@ def _shown(rows: list[dict[str, Any]], state: str, sort: str) -> list[dict[str, 
     return rows
 
 
-def _notice(args: Any) -> str:
-    """The sentence saying what the last action did (the actions redirect here with it in the query)."""
-    learner = args.get("learner", "")
+def _notice(db: Session, course_id: int, args: Any) -> str:
+    """The sentence saying what the last action did (the actions redirect here with it in the query).
+    The learner's name is read from the lab, not the query, so a crafted link cannot put words here."""
+    lab = db.get(Lab, int(args["lab"])) if args.get("lab", "").isdigit() else None
+    learner = (lab.user.name or lab.user.subject) if lab is not None and lab.activity.course_id == course_id else ""
+    if args.get("done") in ("suspend", "reset") and not learner:
+        return ""
     if args.get("done") == "suspend":
         return f"{learner}'s lab is being suspended. It resumes, as it was, when they open it again."
     if args.get("done") == "reset":
         return f"{learner}'s lab is being reset: a fresh lab from the activity's image is starting for them."
-    if "suspended" in args:
-        return f"{args.get('suspended')} suspended, {args.get('skipped', '0')} skipped (not running)."
+    suspended, skipped = args.get("suspended", ""), args.get("skipped", "")
+    if suspended.isdigit() and skipped.isdigit():
+        return f"{int(suspended)} suspended, {int(skipped)} skipped (not running)."
     return ""
 
 

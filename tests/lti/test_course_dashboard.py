@@ -184,6 +184,8 @@ def test_suspend_and_reset_a_learners_lab(grace: Person, rt: Runtime, workers: W
     assert done.status_code == 200 and done.url.startswith(grace.base + path)
     assert "Ada Lovelace&#39;s lab is being suspended." in done.text
     wait_state(rt, ada_lab, LabState.SUSPENDED)
+    crafted = get(grace, f"{path}?done=suspend&lab=999999").text + get(grace, f"{path}?suspended=all&skipped=0").text
+    assert 'role="status"' not in crafted, "the notice comes from the database and numbers, never from a link's words"
     again = posted(grace, f"/teach/labs/{ada_lab}/suspend", path)
     assert again.status_code == 409, "a suspended lab cannot be suspended again"
 
