@@ -6,13 +6,16 @@ SimpleWorker; SQLite and PostgreSQL, plus a race for the last place on PostgreSQ
 
 from __future__ import annotations
 
+import json
 import threading
+from pathlib import Path
 
 import pytest
+from click.testing import Result
 from rq.registry import ScheduledJobRegistry
 from sqlalchemy import select
 
-from broker import backend_ops, jobs, services
+from broker import backend_ops, jobs, runtime, services
 from broker.backend_ops import InvalidSetting
 from broker.errors import LabDeskError
 from broker.lifecycle import LabState
@@ -155,3 +158,36 @@ def test_two_workers_never_both_take_the_last_place(rt: Runtime, world: World) -
     assert errors == []
     states = sorted(lab_state(rt, lab_id) or "" for lab_id in lab_ids)
     assert states == ["requested"] * 6 + ["running"] * 2
+
+
+def test_the_cli_sets_and_shows_them(rt: Runtime, world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.test_cli import cli_env, invoke
+
+    monkeypatch.chdir(tmp_path)
+    env = cli_env(rt.settings)
+
+    def labdesk(*args: str) -> Result:
+        try:
+            return invoke(env, *args)
+        finally:
+            runtime.install(rt)
+
+    assert labdesk("backends", "capacity", "fake", "4").exit_code == 0
+    assert labdesk("backends", "drain", "fake").output == "backend fake is draining: it takes no new labs\n"
+    assert labdesk("backends", "price", "fake", "0.2", "none").exit_code == 0
+    status = labdesk("backends", "status", "--json")
+    assert status.exit_code == 0, status.output
+    assert [(r["name"], r["capacity"], r["draining"], r["hourly_price"], r["suspended_hourly_price"], r["holding"])
+            for r in json.loads(status.output)] == [("fake", 4, True, 0.2, None, 0)]
+    assert labdesk("backends", "undrain", "fake").exit_code == 0
+    assert labdesk("backends", "capacity", "fake", "none").exit_code == 0
+    refused = labdesk("backends", "capacity", "fake", "--", "-2")
+    assert refused.exit_code == 1 and refused.stderr.startswith("error: capacity must be a whole number")
+    assert labdesk("backends", "capacity", "fake", "lots").exit_code == 2  # click's usage error
+    assert labdesk("backends", "drain", "nope").stderr == "error: no backend named 'nope'\n"
+    with rt.session() as session:
+        backend = session.get(Backend, world.backend_id)
+        assert (backend.capacity, backend.draining) == (None, False)
+    actions = [action for _, action, _, _ in audit_rows(rt)]
+    assert actions == ["backend.capacity", "backend.drain", "backend.prices", "backend.undrain", "backend.capacity"]
+    assert all(actor.startswith("cli:") for actor, _, _, _ in audit_rows(rt))

@@ -1,0 +1,84 @@
+"""`labdesk backends drain|undrain|capacity|price|status`: the admin console's backend operations, for admins
+who prefer a shell. Added to the `backends` group of broker.cli; each change is audited as `cli:<os user>`.
+"""
+
+from __future__ import annotations
+
+import click
+
+from broker import backend_ops
+from broker.cli import backends, cli_actor, emit, fails_cleanly, json_option, rt
+
+
+def _number_or_none(value: str, convert: type, what: str) -> object:
+    """`none` gives the setting back (no limit, no price); anything else must be a number."""
+    if value.strip().lower() == "none":
+        return None
+    try:
+        return convert(value)
+    except ValueError:
+        raise click.BadParameter(f"expected a number or 'none', got {value!r}", param_hint=what) from None
+
+
+@backends.command("drain")
+@click.argument("name")
+@fails_cleanly
+def backends_drain(name: str) -> None:
+    """Start no new labs on NAME; the labs it holds live on."""
+    with rt().session() as session:
+        backend_ops.set_draining(session, name, True, cli_actor())
+    click.echo(f"backend {name} is draining: it takes no new labs")
+
+
+@backends.command("undrain")
+@click.argument("name")
+@fails_cleanly
+def backends_undrain(name: str) -> None:
+    """Let NAME take new labs again."""
+    with rt().session() as session:
+        backend_ops.set_draining(session, name, False, cli_actor())
+    click.echo(f"backend {name} takes new labs again")
+
+
+@backends.command("capacity")
+@click.argument("name")
+@click.argument("labs")
+@fails_cleanly
+def backends_capacity(name: str, labs: str) -> None:
+    """Hold at most LABS labs at once on NAME (suspended ones count); `none` removes the limit."""
+    capacity = _number_or_none(labs, int, "LABS")
+    with rt().session() as session:
+        backend_ops.set_capacity(session, name, capacity, cli_actor())  # type: ignore[arg-type]
+    click.echo(f"backend {name}: capacity {labs if capacity is not None else 'none (the backend decides)'}")
+
+
+@backends.command("price")
+@click.argument("name")
+@click.argument("running")
+@click.argument("suspended")
+@fails_cleanly
+def backends_price(name: str, running: str, suspended: str) -> None:
+    """Prices per lab-hour RUNNING and SUSPENDED for the cost view; `none` means unknown (no cost shown)."""
+    hourly = _number_or_none(running, float, "RUNNING")
+    suspended_hourly = _number_or_none(suspended, float, "SUSPENDED")
+    with rt().session() as session:
+        backend_ops.set_prices(session, name, hourly, suspended_hourly, cli_actor())  # type: ignore[arg-type]
+    click.echo(f"backend {name}: {running} per running lab-hour, {suspended} per suspended lab-hour")
+
+
+@backends.command("status")
+@json_option
+@fails_cleanly
+def backends_status(as_json: bool) -> None:
+    """Each backend's labs held, capacity, draining and prices."""
+    with rt().session() as session:
+        rows = [vars(s) for s in backend_ops.statuses(session)]
+
+    def lines(rs: list[dict[str, object]]) -> list[str]:
+        return [
+            f"{r['name']:<20} {r['holding']}/{r['capacity'] if r['capacity'] is not None else '-'} labs"
+            f"{'  DRAINING' if r['draining'] else ''}  price {r['hourly_price']}/{r['suspended_hourly_price']} per hour"
+            for r in rs
+        ]
+
+    emit(rows, as_json, lines)
