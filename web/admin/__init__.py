@@ -16,6 +16,7 @@ from web.admin import pages  # noqa: F401  (its routes register on `admin`)
 from web.admin import usage  # noqa: F401,E402  (/admin/usage)
 from web.admin import backends, images  # noqa: F401,E402  (/admin/backends, /admin/images)
 from web.admin import labs  # noqa: F401,E402  (/admin/labs)
+from web.admin import jobs  # noqa: F401,E402  (/admin/jobs)
 
 
 def register(app: Flask, settings: Settings) -> None:
