@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime
 
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job
@@ -130,9 +130,16 @@ def _failed_job(queue: str, job: Job) -> FailedJob:
     match = _LAB_JOB_ID.match(job.id)
     return FailedJob(
         job_id=job.id, queue=queue, function=job.func_name or "", args=tuple(job.args or ()),
-        lab_id=int(match.group(1)) if match else None, enqueued_at=job.enqueued_at, ended_at=job.ended_at,
+        lab_id=int(match.group(1)) if match else None, enqueued_at=_naive(job.enqueued_at), ended_at=_naive(job.ended_at),
         reason=last_line(trace),
     )
+
+
+def _naive(moment: datetime | None) -> datetime | None:
+    """rq's times are aware UTC; LabDesk's are naive UTC throughout (docs/architecture.md)."""
+    if moment is None or moment.tzinfo is None:
+        return moment
+    return moment.astimezone(UTC).replace(tzinfo=None)
 
 
 def last_line(trace: str) -> str:

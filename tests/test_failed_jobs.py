@@ -6,10 +6,13 @@ PostgreSQL; the jobs run in an in-process SimpleWorker.
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from sqlalchemy import select
 
 from broker import failed_jobs, services
+from broker.clock import utcnow
 from broker.dispatch import DEFAULT_QUEUE, JobRequest
 from broker.models import AuditEvent, Backend
 from broker.runtime import Runtime
@@ -45,6 +48,9 @@ def test_a_failed_lab_job_is_listed_with_its_reason_and_a_retry_runs_it(
     assert lab_job.args[:2] == (lab_id, "requested")
     assert lab_job.reason == "RuntimeError: disk full on the image store"
     assert lab_job.enqueued_at is not None and lab_job.ended_at is not None
+    assert lab_job.enqueued_at.tzinfo is None  # naive UTC, like every LabDesk time
+    assert timedelta(0) <= utcnow() - lab_job.ended_at < timedelta(minutes=2)
+    assert lab_job.enqueued_at <= lab_job.ended_at
     report = found["report-7"]
     assert (report.lab_id, report.queue, report.function) == (None, DEFAULT_QUEUE, "tests.test_failed_jobs.explode")
     assert report.reason == "second line of the message"  # the traceback's last line, as written
@@ -83,3 +89,18 @@ def test_failed_labs_come_with_their_reason(rt: Runtime, world: World) -> None:
     assert (listed[0].learner, listed[0].backend, listed[0].course, listed[0].activity) == (
         "learner-2", "fake", "Test course", "Test lab")
     assert failed_jobs.failed_jobs(rt) == []  # a connector's error is handled, not an rq failure
+
+
+def test_a_job_run_for_a_labs_row_is_listed_with_that_lab(rt: Runtime, world: World) -> None:
+    from broker.models import CheckAttempt
+
+    lab_id = services.launch(rt, world.user_id, world.activity_id, "learner-1").id
+    run_queued_jobs(rt)
+    with rt.session() as session:
+        attempt = CheckAttempt(lab_id=lab_id, user_id=world.user_id, activity_id=world.activity_id, job_id="check-41")
+        session.add(attempt)
+        session.commit()
+    rt.dispatcher.enqueue(JobRequest("labdesk-backend-fake", "check-41", "tests.test_failed_jobs.explode"))
+    run_queued_jobs(rt)
+    [job] = failed_jobs.failed_jobs(rt)
+    assert (job.job_id, job.lab_id) == ("check-41", lab_id)
