@@ -15,8 +15,9 @@ from app import create_app
 from broker import admins, images
 from broker.models import Backend
 from broker.runtime import Runtime
-from tests.support.browser import chromium, require_browser
 from tests.support.http import LiveServer, serve
+from tests.support.browser import browser  # noqa: F401  (a fixture)
+from tests.support.e2e_stack import db_url  # noqa: F401  (a fixture: SQLite)
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser
@@ -25,17 +26,6 @@ pytestmark = [pytest.mark.browser]
 
 PASSWORD = "correct horse battery staple"
 SECRET = "s3cret-from-the-browser"
-
-
-@pytest.fixture
-def db_url(sqlite_db_url: str) -> str:
-    return sqlite_db_url
-
-
-@pytest.fixture
-def browser() -> Iterator["Browser"]:
-    require_browser()
-    yield from chromium()
 
 
 @pytest.fixture

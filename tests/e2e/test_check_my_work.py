@@ -32,11 +32,12 @@ from broker.models import Backend, CheckAttempt, Image, Lab
 from broker.runtime import Runtime
 from connectors.local.connector import LocalConnector
 from lti.emulator.registration import register_with_tool
-from tests.support.browser import chromium, require_browser, require_desktop
+from tests.support.browser import require_browser, require_desktop
 from tests.support.e2e_stack import db_url, guacd, ports, settings  # noqa: F401 - fixtures
 from tests.support.http import LiveServer
 from tests.support.tunnel import serve_with_tunnel
 from tests.support.workers import WorkerPool
+from tests.support.browser import browser  # noqa: F401  (a fixture)
 from web.vendor import GUACAMOLE_JS
 
 if TYPE_CHECKING:
@@ -95,12 +96,6 @@ def stack(
 ) -> Iterator[LiveServer]:
     """A worker on every queue, the tunnel and the web app (with its emulator) over HTTP."""
     yield from serve_with_tunnel(rt, settings, tmp_path, workers, ports)
-
-
-@pytest.fixture
-def browser() -> Iterator["Browser"]:
-    require_browser()
-    yield from chromium()
 
 
 # -- helpers ---------------------------------------------------------------------------------------------

@@ -21,11 +21,12 @@ from broker.config import Settings
 from broker.lifecycle import LabState
 from broker.runtime import Runtime
 from lti.emulator import launches
-from tests.support.browser import chromium, require_browser
+from tests.support.browser import require_browser
 from tests.support.http import LiveServer
 from tests.support.lms_browser import Person, lms_settings, serve_with_emulator
 from tests.support.waiting import wait_state
 from tests.support.workers import WorkerPool
+from tests.support.browser import browser  # noqa: F401  (a fixture)
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
@@ -51,12 +52,6 @@ def settings(db_url: str, tmp_path: Path, redis_client: Redis, port: int) -> Set
 def lms(rt: Runtime, port: int, tmp_path: Path) -> Iterator[LiveServer]:
     require_browser()
     yield from serve_with_emulator(rt, port, tmp_path)
-
-
-@pytest.fixture
-def browser() -> Iterator["Browser"]:
-    require_browser()
-    yield from chromium()
 
 
 def running_labs(rt: Runtime) -> list[int]:

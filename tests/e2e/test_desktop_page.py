@@ -29,7 +29,7 @@ from lti.emulator import launches
 from lti.emulator.registration import register_with_tool
 from tests.conftest import make_settings
 from tests.e2e.png import close_to, decode
-from tests.support.browser import chromium, require_browser
+from tests.support.browser import require_browser
 from tests.support.guacd_double import ConnectionRecord, GuacdDouble, encode, guacd_doubles, solid_png
 from tests.support.http import LiveServer, free_port
 from tests.support.inline import lab_state
@@ -37,6 +37,7 @@ from tests.support.tunnel import serve_with_tunnel
 from tests.support.waiting import wait_until
 from tests.support.workers import WorkerPool
 from tests.support.world import add_lab_catalogue, make_world
+from tests.support.browser import browser  # noqa: F401  (a fixture)
 from tunnel.live import watchers_key
 from web.vendor import GUACAMOLE_JS
 
@@ -119,12 +120,6 @@ def lms_stack(rt: Runtime, settings: Settings, tmp_path: Path, workers: WorkerPo
     add_lab_catalogue(rt, str(tmp_path / "fake"), "local-desktop")
     register_with_tool(rt)
     yield from serve_with_tunnel(rt, settings, tmp_path, workers, ports)
-
-
-@pytest.fixture
-def browser() -> Iterator["Browser"]:
-    require_browser()
-    yield from chromium()
 
 
 @pytest.fixture

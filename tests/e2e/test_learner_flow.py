@@ -25,12 +25,13 @@ from broker.runtime import Runtime
 from connectors.local.connector import LocalConnector
 from tests import rfb
 from tests.conftest import make_settings
-from tests.support.browser import chromium, require_browser, require_desktop
+from tests.support.browser import require_browser, require_desktop
 from tests.support.http import LiveServer, serve
 from tests.support.inline import lab_state
 from tests.support.waiting import wait_until
 from tests.support.workers import WorkerPool
 from tests.support.world import World, make_world
+from tests.support.browser import browser  # noqa: F401  (a fixture)
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
@@ -72,12 +73,6 @@ def stack(desktops: World, workers: WorkerPool, rt: Runtime) -> Iterator[LiveSer
     """Workers on every queue (started after the backend exists), and the web app over HTTP."""
     workers.start(1)
     yield from serve(create_app(rt.settings, rt))
-
-
-@pytest.fixture
-def browser() -> Iterator["Browser"]:
-    require_browser()
-    yield from chromium()
 
 
 def watch_state(page: "Page", want: str, timeout: float = 60) -> list[str]:

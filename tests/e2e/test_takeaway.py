@@ -30,12 +30,13 @@ from broker.runtime import Runtime
 from connectors.local.connector import LocalConnector
 from lti.emulator.registration import register_with_tool
 from tests.e2e.test_check_my_work import PAGE_ERRORS, RUNNING, VIEWPORT, lab_frame, require_viewer, watched
-from tests.support.browser import chromium, require_browser, require_desktop
+from tests.support.browser import require_browser, require_desktop
 from tests.support.e2e_stack import db_url, guacd, ports, settings  # noqa: F401 - fixtures
 from tests.support.http import LiveServer
 from tests.support.tunnel import serve_with_tunnel
 from tests.support.workers import WorkerPool
 from tests.takeaway_support import TEMPLATE
+from tests.support.browser import browser  # noqa: F401  (a fixture)
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser
@@ -86,12 +87,6 @@ def catalogue(rt: Runtime, tmp_path: Path) -> Iterator[None]:
 @pytest.fixture
 def stack(rt: Runtime, settings: Settings, catalogue: None, workers: WorkerPool, ports: dict[str, int], tmp_path: Path) -> Iterator[LiveServer]:
     yield from serve_with_tunnel(rt, settings, tmp_path, workers, ports)
-
-
-@pytest.fixture
-def browser() -> Iterator["Browser"]:
-    require_browser()
-    yield from chromium()
 
 
 def test_a_learner_takes_their_lab_home_with_their_work(rt: Runtime, stack: LiveServer, browser: "Browser", tmp_path: Path) -> None:

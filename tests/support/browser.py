@@ -47,3 +47,10 @@ def chromium() -> Iterator["Browser"]:
             yield browser
         finally:
             browser.close()
+
+
+@pytest.fixture
+def browser() -> Iterator["Browser"]:
+    """A headless chromium for one test (skips without one; CI fails instead). Import it into a test module."""
+    require_browser()
+    yield from chromium()

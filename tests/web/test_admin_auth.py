@@ -9,21 +9,19 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
-import requests
 from redis import Redis
 from sqlalchemy import select
 
-from app import create_app
 from broker import admins, audit
 from broker.config import Settings
 from broker.models import AuditEvent
 from broker.runtime import Runtime
 from tests.conftest import make_settings
-from tests.support.http import Learner, LiveServer, serve
+from tests.support.admin_browser import PASSWORD, Browser
+from tests.support.http import Learner, LiveServer
 from tests.support.inline import Clock
 from tests.support.lms_browser import Person, lms_settings, serve_with_emulator
 
-PASSWORD = "correct horse battery staple"
 PAGES = ("/admin/", "/admin/audit")
 
 
@@ -38,18 +36,6 @@ def root(rt: Runtime) -> str:
         admins.create_local(db, "root", PASSWORD)
         db.commit()
     return "root"
-
-
-class Browser(Learner):
-    """A browser on the console: the CSRF token comes from the admin sign-in form or the nav's sign-out form."""
-
-    def token(self, path: str = "/admin/login") -> str:
-        found = re.search(r'name="csrf_token" value="([^"]+)"', self.get(path).text)
-        assert found, f"no form with a CSRF token on {path}"
-        return found.group(1)
-
-    def admin_sign_in(self, username: str, password: str, **extra: str) -> requests.Response:
-        return self.post("/admin/login", data={"username": username, "password": password, "csrf_token": self.token(), **extra})
 
 
 def audited(rt: Runtime) -> list[tuple[str, str, str]]:

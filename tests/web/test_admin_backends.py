@@ -14,11 +14,11 @@ import requests
 from rq import Queue
 from sqlalchemy import select
 
-from broker import admins, schedule
+from broker import schedule
 from broker.models import AuditEvent, Backend
 from broker.runtime import Runtime
 from tests.support.http import Learner, LiveServer
-from tests.web.test_admin_auth import PASSWORD, Browser
+from tests.support.admin_browser import Browser, signed_in_root
 
 SECRET = "hunter2-very-secret"
 ACTIONS = ("/admin/backends", "/admin/backends/cloud/check", "/admin/backends/cloud/drain",
@@ -28,12 +28,7 @@ ACTIONS = ("/admin/backends", "/admin/backends/cloud/check", "/admin/backends/cl
 @pytest.fixture
 def admin(rt: Runtime, server: LiveServer) -> Browser:
     """A browser signed in as the local admin `root`."""
-    with rt.session() as db:
-        admins.create_local(db, "root", PASSWORD)
-        db.commit()
-    browser = Browser(server.url)
-    assert browser.admin_sign_in("root", PASSWORD).url == server.url + "/admin/"
-    return browser
+    return signed_in_root(rt, server.url)
 
 
 def add(browser: Browser, **fields: str) -> requests.Response:

@@ -13,12 +13,12 @@ from typing import Callable
 import pytest
 from sqlalchemy import select
 
-from broker import admins, images
+from broker import images
 from broker.models import AuditEvent, Image
 from broker.runtime import Runtime
 from tests.support.http import Learner, LiveServer
 from tests.support.world import World
-from tests.web.test_admin_auth import PASSWORD, Browser
+from tests.support.admin_browser import Browser, signed_in_root
 from tests.web.test_admin_backends import form_token
 
 
@@ -33,12 +33,7 @@ def catalogue(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture
 def admin(rt: Runtime, server: LiveServer) -> Browser:
-    with rt.session() as db:
-        admins.create_local(db, "root", PASSWORD)
-        db.commit()
-    browser = Browser(server.url)
-    assert browser.admin_sign_in("root", PASSWORD).url == server.url + "/admin/"
-    return browser
+    return signed_in_root(rt, server.url)
 
 
 def import_catalogue(browser: Browser) -> tuple[int, str]:

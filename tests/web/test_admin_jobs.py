@@ -14,14 +14,14 @@ import requests
 from rq import Queue
 from sqlalchemy import select
 
-from broker import admins, failed_jobs, services
+from broker import failed_jobs, services
 from broker.dispatch import DEFAULT_QUEUE, JobRequest
 from broker.models import AuditEvent, Backend
 from broker.runtime import Runtime
 from tests.support.http import Learner, LiveServer
 from tests.support.inline import run_queued_jobs
 from tests.support.world import World
-from tests.web.test_admin_auth import PASSWORD, Browser
+from tests.support.admin_browser import Browser, signed_in_root
 
 JOB = "report-7"
 FIXED = "LABDESK_TEST_REPORT_STORE"  # the job fails until this names a directory to write in
@@ -37,12 +37,7 @@ def write_report() -> None:
 
 @pytest.fixture
 def admin_browser(rt: Runtime, server: LiveServer) -> Browser:
-    with rt.session() as db:
-        admins.create_local(db, "root", PASSWORD)
-        db.commit()
-    browser = Browser(server.url)
-    assert browser.admin_sign_in("root", PASSWORD).url == server.url + "/admin/"
-    return browser
+    return signed_in_root(rt, server.url)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import pytest
 import requests
 from sqlalchemy import select
 
-from broker import admins, services
+from broker import services
 from broker.clock import utcnow
 from broker.lifecycle import LabState
 from broker.models import Activity, AuditEvent, Backend, Course, Lab
@@ -22,7 +22,7 @@ from tests.support.http import Learner, LiveServer
 from tests.support.waiting import lab_row, wait_state
 from tests.support.workers import WorkerPool
 from tests.support.world import World, add_learner
-from tests.web.test_admin_auth import PASSWORD, Browser
+from tests.support.admin_browser import Browser, signed_in_root
 
 S = LabState
 
@@ -34,12 +34,7 @@ def db_url(pg_only: str) -> str:
 
 @pytest.fixture
 def admin_browser(rt: Runtime, server: LiveServer) -> Browser:
-    with rt.session() as db:
-        admins.create_local(db, "root", PASSWORD)
-        db.commit()
-    browser = Browser(server.url)
-    assert browser.admin_sign_in("root", PASSWORD).url == server.url + "/admin/"
-    return browser
+    return signed_in_root(rt, server.url)
 
 
 def add_lab(rt: Runtime, activity_id: int, backend_id: int, state: str, age: timedelta, learner: str) -> int:

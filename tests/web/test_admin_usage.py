@@ -10,12 +10,11 @@ from typing import Callable, Iterator
 
 import pytest
 
-from broker import admins
 from broker.clock import set_clock
 from broker.runtime import Runtime
 from tests.support.http import Learner, LiveServer
 from tests.test_usage import A_RUNNING, A_SUSPENDED, build
-from tests.web.test_admin_auth import PASSWORD, Browser
+from tests.support.admin_browser import Browser, signed_in_root
 
 PERIOD = "/admin/usage?from=2026-11-01&to=2026-11-03"
 
@@ -30,12 +29,7 @@ def fixed_now() -> Iterator[None]:
 
 @pytest.fixture
 def signed_in(rt: Runtime, server: LiveServer, fixed_now: None) -> Browser:
-    with rt.session() as db:
-        admins.create_local(db, "root", PASSWORD)
-        db.commit()
-    browser = Browser(server.url)
-    assert browser.admin_sign_in("root", PASSWORD).url == server.url + "/admin/"
-    return browser
+    return signed_in_root(rt, server.url)
 
 
 def cells(html: str, heading: str, name: str) -> list[str]:
