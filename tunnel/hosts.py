@@ -17,11 +17,10 @@ from collections import Counter
 
 from redis.asyncio import Redis
 
+from broker.guacd_status import HEALTH_PREFIX, LOAD_PREFIX, PROCESSES
 from tunnel.protocol import InstructionReader, ProtocolError, encode
 
 log = logging.getLogger(__name__)
-LOAD_PREFIX = "labdesk:tunnel:load:"
-PROCESSES = "labdesk:tunnel:processes"
 PROBE_TIMEOUT = 3.0
 
 Address = tuple[str, int]
@@ -72,6 +71,7 @@ class GuacdHosts:
         self.redis = redis
         self.interval = interval
         self.healthy: dict[Address, bool] = {address: True for address in addresses}  # until checked
+        self.checked = False  # health is published only once it was really checked
         self.mine: Counter[str] = Counter()
         self.process_id = f"{socket.gethostname()}:{os.getpid()}"
 
@@ -115,6 +115,10 @@ class GuacdHosts:
             if counts:
                 pipe.hset(key, mapping=counts)
             pipe.expire(key, int(3 * self.interval) + 1)
+            if self.checked:
+                health = HEALTH_PREFIX + self.process_id  # for the admin console (broker.guacd_status)
+                pipe.hset(health, mapping={label(address): "1" if ok else "0" for address, ok in self.healthy.items()})
+                pipe.expire(health, int(3 * self.interval) + 1)
             pipe.zadd(PROCESSES, {self.process_id: time.time()})
             pipe.zremrangebyscore(PROCESSES, 0, time.time() - 3600)
             await pipe.execute()
@@ -126,4 +130,5 @@ class GuacdHosts:
             if ok != self.healthy[address]:
                 log.warning("guacd %s is %s", label(address), "up again" if ok else "DOWN")
             self.healthy[address] = ok
+        self.checked = True
         await self.publish()

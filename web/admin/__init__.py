@@ -17,6 +17,7 @@ from web.admin import usage  # noqa: F401,E402  (/admin/usage)
 from web.admin import backends, images  # noqa: F401,E402  (/admin/backends, /admin/images)
 from web.admin import labs  # noqa: F401,E402  (/admin/labs)
 from web.admin import jobs  # noqa: F401,E402  (/admin/jobs)
+from web.admin import guacd  # noqa: F401,E402  (/admin/guacd)
 
 
 def register(app: Flask, settings: Settings) -> None:
