@@ -34,6 +34,13 @@ class Runtime:
     def session(self) -> Session:
         return self.sessions()
 
+    def close(self) -> None:
+        """Close the database connections this runtime pooled (tests and short-lived tools; a server keeps
+        its pool for its whole life). A closed runtime reconnects if used again."""
+        engine = self.sessions.kw.get("bind")
+        if engine is not None:
+            engine.dispose()
+
     def connector(self, backend: Backend) -> Connector:
         """The live connector for a backend row, with its credentials decrypted (in memory only)."""
         key = (backend.id, repr((backend.kind, backend.config, backend.secrets)))

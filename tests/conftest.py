@@ -84,6 +84,7 @@ def redis_client() -> Iterator[Redis]:
     client.flushdb()
     yield client
     client.flushdb()
+    client.close()  # its pooled connections, which every test would otherwise leave open
 
 
 def make_settings(db_url: str, data_dir: Path, **overrides: object) -> Settings:
@@ -112,6 +113,7 @@ def rt(settings: Settings, redis_client: Redis) -> Iterator[Runtime]:
     reset_memory()
     yield instance
     runtime.install(None)
+    instance.close()  # else every test leaves its pooled connections open (fds past 1024 break select())
 
 
 @pytest.fixture
