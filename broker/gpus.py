@@ -35,7 +35,18 @@ def wanted_model(lab: Lab) -> str | None:
 
 
 def record_inventory(session: Session, backend_id: int, units: list[GpuUnit]) -> int:
-    """Store a backend's current units; units no longer reported are kept but never handed out again."""
+    """Store a backend's current units; units no longer reported are kept but never handed out again.
+
+    Workers that start on a backend with no inventory yet all record it at once: the one whose new rows
+    lose the race on the unique key writes again over the rows the winner stored."""
+    try:
+        return _store_inventory(session, backend_id, units)
+    except IntegrityError:
+        session.rollback()
+        return _store_inventory(session, backend_id, units)
+
+
+def _store_inventory(session: Session, backend_id: int, units: list[GpuUnit]) -> int:
     now = utcnow()
     slots = {slot.key: slot for slot in session.scalars(select(GpuSlot).where(GpuSlot.backend_id == backend_id))}
     for unit in units:

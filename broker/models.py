@@ -136,11 +136,36 @@ class Activity(Base):
     auto_check: Mapped[str] = mapped_column(String(16), default="none", server_default="none")
     due_at: Mapped[datetime | None] = mapped_column()
     hide_results_until: Mapped[datetime | None] = mapped_column()
+    # Limits an instructor sets (broker.usage_limits, broker.trust): running lab-hours a learner may use per
+    # week (None: no limit), and the trust level a learner must have earned in the course to start it.
+    weekly_hours_limit: Mapped[float | None] = mapped_column(default=None)
+    min_trust_level: Mapped[int] = mapped_column(default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     course: Mapped[Course] = relationship()
     image: Mapped[Image] = relationship()
     backend: Mapped[Backend] = relationship()
+
+
+class ClassSession(Base):
+    """A scheduled class meeting of an activity: `lead_minutes` before `starts_at`, up to `warm_pool` of the
+    course's learners get their lab started, so it is ready when they arrive (broker.class_schedule)."""
+
+    __tablename__ = "class_sessions"
+    __table_args__ = (Index("ix_class_sessions_starts_at", "starts_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    activity_id: Mapped[int] = mapped_column(ForeignKey("activities.id"))
+    starts_at: Mapped[datetime] = mapped_column()
+    duration_minutes: Mapped[int] = mapped_column(default=90)
+    lead_minutes: Mapped[int] = mapped_column(default=10)
+    warm_pool: Mapped[int] = mapped_column(default=0)
+    created_by: Mapped[str] = mapped_column(String(255), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    warmed_at: Mapped[datetime | None] = mapped_column(default=None)  # when its labs were started
+    warmed_count: Mapped[int] = mapped_column(default=0)
+
+    activity: Mapped[Activity] = relationship()
 
 
 class Lab(Base):
@@ -174,6 +199,9 @@ class Lab(Base):
     endpoints: Mapped[bytes | None] = mapped_column(LargeBinary)
     # Why a lab waits in `requested`/`provisioning` beyond the usual: "capacity" when its backend is full.
     waiting_for: Mapped[str | None] = mapped_column(String(16))
+    # The class session that started this lab before its learner came (broker.class_schedule); None once
+    # the learner has used it, or when the learner started it.
+    prewarmed_by: Mapped[int | None] = mapped_column(ForeignKey("class_sessions.id"), default=None)
 
     user: Mapped[User] = relationship()
     activity: Mapped[Activity] = relationship()
