@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from broker import gpu_queue, gpus, jobs, runtime, schedule, services
 from broker.config import Settings
@@ -124,6 +124,27 @@ def test_concurrent_launches_on_several_workers_never_share_a_gpu(
         assert len(grants) == 6
         open_holds = [r.slot_key for r in grants if r.released_at is None]
         assert sorted(open_holds) == ["h1/gpu0", "h1/gpu1", "h1/gpu2"]
+
+
+def test_workers_recording_a_new_backends_gpus_at_once_all_go_on(rt: Runtime, fake_dir: Path) -> None:
+    """Every worker that meets a backend with no inventory records it; the one that loses the race on the
+    unique key must not fail its lab's job (a failed job leaves the lab neither queued nor started)."""
+    world = gpu_world(rt, fake_dir, 2)
+    found = [gpus.GpuUnit(u["key"], u["host"], u["model"], "pci", u["address"], "", "") for u in units(2)]
+    with rt.session() as loser:
+        raced = []
+
+        def the_other_worker_commits_first(session: Any, *_: Any) -> None:
+            if not raced:
+                raced.append(True)
+                with rt.session() as winner:
+                    gpus.record_inventory(winner, world.backend_id, found)
+
+        event.listen(loser, "before_flush", the_other_worker_commits_first)
+        assert gpus.record_inventory(loser, world.backend_id, found) == 2
+    assert raced
+    with rt.session() as session:
+        assert sorted(session.scalars(select(GpuSlot.key).where(GpuSlot.backend_id == world.backend_id))) == ["h1/gpu0", "h1/gpu1"]
 
 
 def test_a_learner_gets_one_gpu_at_a_time(rt: Runtime, fake_dir: Path, workers: WorkerPool) -> None:
