@@ -83,6 +83,29 @@ def create_local(session: Session, username: str, password: str, email: str = ""
     return admin
 
 
+def create_linked(session: Session, username: str, issuer: str, subject: str, email: str = "") -> Admin:
+    """An admin who signs in only through the provider, linked ahead of time by subject (no password).
+
+    For providers that send no `email_verified` claim: the allow-list never admits them, yet an identity
+    linked by (issuer, subject) signs in. The caller commits."""
+    if not issuer:
+        raise AdminError("no OpenID Connect provider is configured (admin_oidc_issuer): an admin linked by subject could never sign in")
+    subject = subject.strip()
+    if not subject:
+        raise AdminError("the subject (the provider's `sub` for this person) is empty")
+    if session.scalar(select(Admin).where(Admin.issuer == issuer, Admin.subject == subject)) is not None:
+        raise AdminError(f"the subject '{subject}' is already linked to an admin")
+    username = username.strip()
+    if not username or len(username) > 255:
+        raise AdminError("a username of 1 to 255 characters is needed")
+    if find(session, username) is not None:
+        raise AdminError(f"an admin named '{username}' already exists")
+    admin = Admin(username=username, email=email, issuer=issuer, subject=subject)
+    session.add(admin)
+    session.flush()
+    return admin
+
+
 def verify_local(session: Session, username: str, password: str) -> Admin | None:
     """The enabled local admin with this username and password, else None (same cost either way)."""
     global _DUMMY_HASH

@@ -33,9 +33,14 @@ def admins_group() -> None:
 @click.option("--email", default="", help="Their email; an OIDC sign-in with this verified email links to them.")
 @click.option("--password-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Read the password from this file (at least 12 characters) instead of generating one.")
+@click.option("--oidc-subject", default="", help="Link to this subject (`sub`) of the configured OpenID Connect "
+              "provider instead of a password: for providers that send no email_verified claim.")
 @fails_cleanly
-def admins_add(username: str, email: str, password_file: Path | None) -> None:
-    """Add a local admin; a generated password is printed once."""
+def admins_add(username: str, email: str, password_file: Path | None, oidc_subject: str) -> None:
+    """Add an admin: local with a password (generated and printed once), or linked to the provider by subject."""
+    if oidc_subject:
+        _add_linked(username, email, oidc_subject)
+        return
     password = password_file.read_text().strip() if password_file else admins.new_password()
     with rt().session() as session:
         admins.create_local(session, username, password, email)
@@ -44,6 +49,15 @@ def admins_add(username: str, email: str, password_file: Path | None) -> None:
     click.echo(f"admin {username} added")
     if password_file is None:
         click.echo(f"password (shown once, store it now): {password}")
+
+
+def _add_linked(username: str, email: str, subject: str) -> None:
+    issuer = rt().settings.admin_oidc_issuer
+    with rt().session() as session:
+        admins.create_linked(session, username, issuer, subject, email)
+        audit.record(session, _actor(), "admin.add", target=f"admin:{username}", detail=f"linked to {issuer} subject {subject}")
+        session.commit()
+    click.echo(f"admin {username} added; they sign in with {issuer} as subject {subject}")
 
 
 @admins_group.command("list")

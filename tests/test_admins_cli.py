@@ -70,3 +70,10 @@ def test_hashes_are_salted_and_a_malformed_hash_never_matches() -> None:
     assert admins.check_password("same password!", one) and admins.check_password("same password!", two)
     for broken in ("", "plain", "md5$1$1$1$AA==$AA==", "scrypt$x$8$1$AA==$AA==", one.replace("scrypt", "bcrypt")):
         assert not admins.check_password("same password!", broken)
+
+
+def test_an_admin_linked_by_subject_needs_a_configured_provider(rt: Runtime, labdesk: Labdesk) -> None:
+    assert one_error_line(labdesk("admins", "add", "ada", "--oidc-subject", "ada-7")) == (
+        "error: no OpenID Connect provider is configured (admin_oidc_issuer): an admin linked by subject could never sign in")
+    with rt.session() as db:
+        assert db.scalars(select(Admin)).all() == []

@@ -33,7 +33,7 @@ MODES = ("ok", "other_key", "tampered", "wrong_nonce")
 class OidcUser:
     sub: str
     email: str
-    email_verified: bool = True
+    email_verified: bool | None = True  # None: the claim is left out, as some providers do
     name: str = ""
 
 
@@ -88,6 +88,8 @@ class OidcProvider:
         claims = {"iss": self.issuer, "sub": user.sub, "aud": CLIENT_ID, "iat": now, "exp": now + 300,
                   "nonce": "not-the-nonce" if mode == "wrong_nonce" else login["nonce"],
                   "email": user.email, "email_verified": user.email_verified, "name": user.name}
+        if user.email_verified is None:
+            del claims["email_verified"]
         key = self.other_key if mode == "other_key" else self.key
         token = jwt.encode(claims, key, algorithm="RS256", headers={"kid": KID})
         if mode == "tampered":

@@ -20,6 +20,7 @@ from broker.models import Admin, AuditEvent
 from broker.runtime import Runtime
 from tests.conftest import make_settings
 from tests.support.http import LiveServer, serve
+from tests.test_cli import cli_env, invoke
 from tests.support.oidc_provider import CLIENT_ID, CLIENT_SECRET, OidcProvider, OidcUser
 
 
@@ -167,3 +168,20 @@ def test_half_an_oidc_configuration_stops_the_start_and_the_secret_is_never_in_t
                                   "LABDESK_ADMIN_OIDC_ALLOWED": "a@uni.example, @staff.uni.example"})
     assert full.admin_oidc_client_secret == "very-secret-value" and "very-secret-value" not in repr(full)
     assert full.admin_oidc_allowed == ("a@uni.example", "@staff.uni.example")
+
+
+def test_a_provider_without_email_verified_admits_an_admin_linked_ahead_by_subject(
+    rt: Runtime, server: LiveServer, idp: OidcProvider
+) -> None:
+    idp.state.user = OidcUser("ada-7", "grace@uni.example", email_verified=None)  # the claim is left out
+    assert sign_in(server)[1].status_code == 403  # an allowed email, but nobody said it is verified
+    added = invoke(cli_env(rt.settings), "admins", "add", "ada", "--oidc-subject", "ada-7")
+    assert added.exit_code == 0, added.output
+    assert added.stdout == f"admin ada added; they sign in with {idp.issuer} as subject ada-7\n"
+    assert "password" not in added.stdout
+    assert sign_in(server)[1].url == server.url + "/admin/"
+    with rt.session() as db:
+        (row,) = db.scalars(select(Admin)).all()
+        assert (row.username, row.issuer, row.subject, row.password_hash) == ("ada", idp.issuer, "ada-7", None)
+    again = invoke(cli_env(rt.settings), "admins", "add", "ada2", "--oidc-subject", "ada-7")
+    assert again.exit_code != 0 and "the subject 'ada-7' is already linked to an admin" in again.output
