@@ -7,7 +7,6 @@ with exit status 1 for bad input (a URL that is not one, a duplicate, an unknown
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlsplit
 
 import click
 
@@ -40,30 +39,25 @@ def platforms_add(issuer: str, client_id: str, auth_login_url: str, auth_token_u
                   deployments: tuple[str, ...], name: str, audience: str, accept_new_deployments: bool,
                   replace: bool, as_json: bool) -> None:
     """Register a platform (an LMS) that may launch LabDesk."""
-    _check_url("--issuer", issuer, issuer=True)
-    for option, value in (("--auth-login-url", auth_login_url), ("--auth-token-url", auth_token_url), ("--key-set-url", key_set_url)):
-        _check_url(option, value)
-    if audience:
-        _check_url("--audience", audience)
-    if any(not d.strip() for d in deployments):
-        raise RegistrationError("--deployment must not be empty")
-    if not replace and registry.find(rt(), issuer, client_id) is not None:
-        raise RegistrationError(f"platform {issuer} with client id {client_id} is already registered (use --replace to update it)")
-    info = registry.add(
-        rt(), issuer, client_id, auth_login_url, auth_token_url, key_set_url, deployments=[d.strip() for d in deployments],
-        name=name, auth_audience=audience, accept_new_deployments=accept_new_deployments, replace=replace,
-    )
+    deployments = tuple(d.strip() for d in deployments)
+    registry.validate(dict(issuer=issuer, client_id=client_id, auth_login_url=auth_login_url, auth_token_url=auth_token_url,
+                           key_set_url=key_set_url, auth_audience=audience, name=name, deployments=deployments), OPTIONS)
+    try:
+        info = registry.add(
+            rt(), issuer, client_id, auth_login_url, auth_token_url, key_set_url, deployments=deployments,
+            name=name, auth_audience=audience, accept_new_deployments=accept_new_deployments, replace=replace,
+        )
+    except registry.PlatformExists as exc:
+        raise RegistrationError(f"{exc} (use --replace to update it)") from None
     emit(info.as_dict(), as_json, lambda d: [f"platform {d['id']} registered: {_summary(info)}"])
 
 
-def _check_url(option: str, value: str, issuer: bool = False) -> None:
-    """A URL an LMS admin pasted: http(s), with a host; an issuer also without query or fragment, since
-    launches must carry it exactly."""
-    parts = urlsplit(value)
-    if parts.scheme not in ("https", "http") or not parts.hostname or "@" in parts.netloc or " " in value:
-        raise RegistrationError(f"{option} must be an http(s) URL with a host, got {value!r}")
-    if issuer and (parts.query or parts.fragment):
-        raise RegistrationError(f"{option} must have no query or fragment, got {value!r}")
+# The options that carry each value, so a refusal names what to fix (lti.platforms.validate checks them).
+OPTIONS = {
+    "issuer": "--issuer", "client_id": "--client-id", "auth_login_url": "--auth-login-url",
+    "auth_token_url": "--auth-token-url", "key_set_url": "--key-set-url", "auth_audience": "--audience",
+    "deployments": "--deployment", "name": "--name",
+}
 
 
 def _summary(info: PlatformInfo) -> str:
@@ -113,14 +107,8 @@ def deployments() -> None:
 @fails_cleanly
 def deployments_add(platform_id: int, deployment_id: str) -> None:
     """Allow launches from one more deployment of a platform."""
-    deployment_id = deployment_id.strip()
-    if not deployment_id:
-        raise RegistrationError("the deployment id must not be empty")
-    info = registry.by_id(rt(), platform_id)
-    if deployment_id in info.deployments:
-        raise RegistrationError(f"platform {platform_id} already has deployment {deployment_id!r}")
-    registry.add_deployment(rt(), platform_id, deployment_id)
-    click.echo(f"platform {platform_id} ({info.name}) accepts deployment {deployment_id}")
+    info = registry.allow_deployment(rt(), platform_id, deployment_id, name="the deployment id")
+    click.echo(f"platform {platform_id} ({info.name}) accepts deployment {deployment_id.strip()}")
 
 
 @click.group()

@@ -18,6 +18,7 @@ from web.admin import backends, images  # noqa: F401,E402  (/admin/backends, /ad
 from web.admin import labs  # noqa: F401,E402  (/admin/labs)
 from web.admin import jobs  # noqa: F401,E402  (/admin/jobs)
 from web.admin import guacd  # noqa: F401,E402  (/admin/guacd)
+from web.admin import platforms  # noqa: F401,E402  (/admin/platforms)
 
 
 def register(app: Flask, settings: Settings) -> None:
