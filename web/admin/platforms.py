@@ -140,6 +140,8 @@ def platforms_update(platform_id: int):  # type: ignore[no-untyped-def]
                                accept_new_deployments=typed["accept_new_deployments"], actor=actor(), address=client_address())
     except InvalidPlatformInput as exc:
         return _edit_page(info, typed, _sentence(exc), exc.field, 400)
+    except RegistrationError as exc:  # removed meanwhile
+        return _gone(exc)
     flash(f"Platform {info.name} saved.")
     return redirect(url_for("admin.platforms_edit", platform_id=platform_id))
 
@@ -155,6 +157,8 @@ def platforms_deployment_add(platform_id: int):  # type: ignore[no-untyped-def]
         registry.allow_deployment(rt(), platform_id, typed, actor=actor(), address=client_address())
     except InvalidPlatformInput as exc:
         return _edit_page(info, status=400, deployment_error=_sentence(exc), new_deployment=typed)
+    except RegistrationError as exc:  # removed meanwhile
+        return _gone(exc)
     flash(f"Deployment {typed.strip()} of {info.name} may launch LabDesk now.")
     return redirect(url_for("admin.platforms_edit", platform_id=platform_id) + "#deployments")
 
@@ -172,6 +176,11 @@ def platforms_deployment_remove(platform_id: int):  # type: ignore[no-untyped-de
         if info.accept_new_deployments else ""
     flash(f"Deployment {deployment_id} of {info.name} removed: its launches are refused.{accepted}")
     return _back(platform_id)
+
+
+def _gone(error: RegistrationError) -> Response:
+    flash(f"{_sentence(error)}: it was removed meanwhile, nothing was saved.", "error")
+    return redirect(url_for("admin.platforms"))
 
 
 def _back(platform_id: int) -> Response:
