@@ -77,6 +77,9 @@ def advance_lab(lab_id: int, state: str, recoveries: int = 0) -> Retry | None:
                 return _back_off(session, lab, exc, minimum=30)
             if not gpu_queue.admit(rt, session, lab):
                 return None  # queued for a GPU: whoever frees one enqueues this lab again
+            lost = _capacity_lost_to_gpu_wait(session, lab)
+            if lost is not None:
+                return _back_off(session, lab, lost, minimum=30)
             if not transition(session, rt.settings, lab_id, S.REQUESTED, S.PROVISIONING, _move("worker picked it up"), waiting_for=None):
                 return None
             session.refresh(lab)
@@ -98,6 +101,20 @@ def advance_lab(lab_id: int, state: str, recoveries: int = 0) -> Retry | None:
             return None
         _clear_failures()
         return outcome
+
+
+def _capacity_lost_to_gpu_wait(session: Session, lab: Lab) -> CapacityError | None:
+    """The GPU queue commits, which ends the backend's capacity lock early: count again under a fresh lock,
+    held until the move to `provisioning` commits. A lab that lost the place keeps its unit while it waits:
+    units belong to this backend, whose other labs cannot start either while it is full."""
+    if gpus.wanted_model(lab) is None:
+        return None
+    try:
+        backend_ops.admit_new_lab(session, lab)
+    except CapacityError as exc:
+        lab.waiting_for = "capacity"
+        return exc
+    return None
 
 
 def _drive(session: Session, lab: Lab, step: Step, connector: Connector) -> Retry | None:

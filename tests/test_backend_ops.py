@@ -14,12 +14,13 @@ import pytest
 from click.testing import Result
 from rq.registry import ScheduledJobRegistry
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from broker import backend_ops, jobs, runtime, services
 from broker.backend_ops import InvalidSetting
 from broker.errors import LabDeskError
 from broker.lifecycle import LabState
-from broker.models import AuditEvent, Backend, Lab
+from broker.models import Activity, AuditEvent, Backend, Lab
 from broker.runtime import Runtime
 from tests.support.inline import lab_state, run_queued_jobs
 from tests.support.world import World, add_learner
@@ -39,6 +40,16 @@ def lab_row(rt: Runtime, lab_id: int) -> Lab:
         lab = session.get(Lab, lab_id)
         session.expunge(lab)
         return lab
+
+
+def give_every_lab_a_gpu(session: Session, world: World, units: int) -> None:
+    """The world's backend gets `units` GPUs and its image asks for one: capacity, not GPUs, is the limit."""
+    backend = session.get(Backend, world.backend_id)
+    backend.config = {**backend.config, "gpus": [
+        {"key": f"h1/gpu{n}", "host": "h1", "model": "nvidia-t4", "address": f"0000:4{n}:00.0"} for n in range(units)]}
+    activity = session.get(Activity, world.activity_id)
+    activity.image.spec = {**(activity.image.spec or {}), "resources": {"vcpu": 1, "ram_mb": 512, "gpu": "nvidia-t4"}}
+    session.commit()
 
 
 def audit_rows(rt: Runtime) -> list[tuple[str, str, str, str]]:
@@ -133,9 +144,13 @@ def test_a_draining_backend_starts_no_new_lab_but_its_labs_live_on(rt: Runtime, 
 
 @pytest.mark.postgres
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
-def test_two_workers_never_both_take_the_last_place(rt: Runtime, world: World) -> None:
+@pytest.mark.parametrize("needs_gpu", [False, True], ids=["plain", "gpu"])
+def test_two_workers_never_both_take_the_last_place(rt: Runtime, world: World, needs_gpu: bool) -> None:
+    """The GPU variant: granting a unit commits between the capacity count and the move to provisioning."""
     with rt.session() as session:
         backend_ops.set_capacity(session, "fake", 2, "admin:ann")
+        if needs_gpu:
+            give_every_lab_a_gpu(session, world, units=8)
     lab_ids = []
     for n in range(8):
         user_id = add_learner(rt, f"racer-{n}")
@@ -158,6 +173,7 @@ def test_two_workers_never_both_take_the_last_place(rt: Runtime, world: World) -
     assert errors == []
     states = sorted(lab_state(rt, lab_id) or "" for lab_id in lab_ids)
     assert states == ["requested"] * 6 + ["running"] * 2
+
 
 
 def test_the_cli_sets_and_shows_them(rt: Runtime, world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
