@@ -59,6 +59,7 @@ class Settings:
     gpu_per_learner: int = 1  # GPUs one learner may hold at once; further GPU labs wait their turn
     gpu_typical_hold: int = 1800  # the wait estimate's guess of a GPU session until there is history
     gpu_interval: int = 30  # the GPU sweep: release what ended labs hold, start who is next
+    class_session_interval: int = 60  # the class-session warm-up: start the labs of sessions whose warm-up time has come
     # LTI 1.3 (docs/lti.md).
     tool_name: str = "LabDesk"
     emulator: bool = True  # the built-in LMS emulator at /emulator; development and demo only

@@ -19,7 +19,7 @@ from typing import Any, Callable
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from broker import activity, attempts, gpu_queue, runtime
+from broker import activity, attempts, class_schedule, gpu_queue, runtime
 from rq.cron import CronScheduler
 
 from broker.clock import utcnow
@@ -219,6 +219,8 @@ def register_cron(scheduler: CronScheduler, settings: Settings) -> None:
         check_backends_job: settings.health_interval,
         check_due_job: settings.grading_due_interval,
         gpu_sweep_job: settings.gpu_interval,
+        prewarm_job: settings.class_session_interval,
+        release_prewarmed_job: settings.sweep_interval,
     }
     for job, seconds in every.items():
         scheduler.register(job, DEFAULT_QUEUE, interval=seconds, result_ttl=0, name=job.__name__)
@@ -287,6 +289,16 @@ def check_due_job() -> int:
 def gpu_sweep_job() -> int:
     """Free GPUs that ended labs hold and start whoever is next (broker.gpu_queue.sweep)."""
     return timed("gpu", gpu_queue.sweep)
+
+
+def prewarm_job() -> int:
+    """Start the labs of class sessions whose warm-up time has come (broker.class_schedule.prewarm_due)."""
+    return timed("prewarm", class_schedule.prewarm_due)
+
+
+def release_prewarmed_job() -> int:
+    """Hold pre-warmed labs until class, then suspend those nobody used (broker.class_schedule.release_unused)."""
+    return timed("prewarm_release", class_schedule.release_unused)
 
 
 def reconcile_backend_job(backend_id: int) -> dict[str, int]:

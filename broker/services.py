@@ -61,6 +61,9 @@ def launch(rt: Runtime, user_id: int, activity_id: int, actor: str) -> Lab:
         if lab is None:
             _clear_failed(rt, session, user_id, activity_id, actor)
             return _create(rt, session, user_id, activity_id, actor)
+        if lab.prewarmed_by is not None:  # pre-warmed for a class session (broker.class_schedule): theirs now
+            lab.prewarmed_by = None
+            session.commit()
         if lab.state == S.SUSPENDED:
             _request(rt, session, lab, S.RESUMING, Move("learner came back", actor))
         return lab
