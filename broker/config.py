@@ -44,6 +44,7 @@ class Settings:
     reconcile_interval: int = 300
     health_interval: int = 60
     grading_due_interval: int = 60  # the sweep that starts deadline checks (activities' auto_check)
+    usage_limit_interval: int = 60  # the sweep that suspends labs over their activity's weekly hours (docs/limits.md)
     orphan_grace: int = 600
     sweep_batch: int = 5000
     # How long a lab may stay in an in-progress state before the deadline sweep acts.

@@ -19,7 +19,7 @@ from typing import Any, Callable
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from broker import activity, attempts, class_schedule, gpu_queue, runtime
+from broker import activity, attempts, class_schedule, gpu_queue, runtime, usage_limits
 from rq.cron import CronScheduler
 
 from broker.clock import utcnow
@@ -219,6 +219,7 @@ def register_cron(scheduler: CronScheduler, settings: Settings) -> None:
         check_backends_job: settings.health_interval,
         check_due_job: settings.grading_due_interval,
         gpu_sweep_job: settings.gpu_interval,
+        usage_limits_job: settings.usage_limit_interval,
         prewarm_job: settings.class_session_interval,
         release_prewarmed_job: settings.sweep_interval,
     }
@@ -289,6 +290,11 @@ def check_due_job() -> int:
 def gpu_sweep_job() -> int:
     """Free GPUs that ended labs hold and start whoever is next (broker.gpu_queue.sweep)."""
     return timed("gpu", gpu_queue.sweep)
+
+
+def usage_limits_job() -> int:
+    """Suspend running labs whose learner used their week's hours (broker.usage_limits.sweep)."""
+    return timed("usage_limits", usage_limits.sweep)
 
 
 def prewarm_job() -> int:

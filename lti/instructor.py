@@ -8,7 +8,7 @@ from datetime import datetime
 
 from flask import Blueprint, abort, redirect, render_template, request, session, url_for
 
-from broker import attempt_views, class_view, grading_settings, services
+from broker import attempt_views, class_view, grading_settings, limit_settings, services
 from broker.models import Activity, CheckAttempt
 from broker.services import NotFound
 from lti import nrps
@@ -26,17 +26,22 @@ def activity(activity_id: int):  # type: ignore[no-untyped-def]
         if found is None or found.course_id not in session.get("instructor_courses", []):
             abort(404)
         roster, roster_error = _roster(activity_id) if request.args.get("roster") else (None, "")
-        return _page(db, found, roster=roster, roster_error=roster_error, grading_saved=bool(request.args.get("grading")))
+        return _page(db, found, roster=roster, roster_error=roster_error, grading_saved=bool(request.args.get("grading")),
+                     limits_saved=request.args.get("limits") == "saved")
 
 
 def _page(db, found: Activity, *, roster=None, roster_error: str = "", grading_saved: bool = False,  # type: ignore[no-untyped-def]
-          grading_form: dict[str, str] | None = None, grading_error: str = ""):
-    """The instructor view; `grading_form` (what was typed) and `grading_error` when a save was refused."""
+          grading_form: dict[str, str] | None = None, grading_error: str = "",
+          limits_saved: bool = False, limits_form: dict[str, str] | None = None, limits_error: str = ""):
+    """The instructor view; `grading_form` (what was typed) and `grading_error` when a save was refused;
+    the same for the limits form."""
     return render_template(
         "lti/instructor.html", activity=found, rows=class_view.lab_rows(db, found), roster=roster, roster_error=roster_error,
         newer=services.newer_image(db, found), updated=request.args.get("updated"),
         grades=class_view.grade_rows(rt(), db, found), check_count=len((found.image.spec or {}).get("checks") or []),
         grading_form=grading_form or _grading_form(found), grading_error=grading_error, grading_saved=grading_saved,
+        limits_form=limits_form or _limits_form(found), limits_error=limits_error, limits_saved=limits_saved,
+        limits_warning=limit_settings.unreachable_warning(db, found),
     )
 
 
@@ -114,6 +119,38 @@ def _grading_form(activity: Activity) -> dict[str, str]:
 
     return {"grading_policy": activity.grading_policy, "auto_check": activity.auto_check,
             "due_at": local(activity.due_at), "hide_results_until": local(activity.hide_results_until)}
+
+
+LIMIT_FIELDS = ("weekly_hours_limit", "min_trust_level")
+
+
+@instructor.post("/teach/activities/<id:activity_id>/limits")
+def update_limits(activity_id: int):  # type: ignore[no-untyped-def]
+    """Change the activity's limits (`broker.limit_settings`): hours per learner per week (empty: no
+    limit) and the minimum trust level. A refused value shows the page again with the message and what
+    was typed; nothing is changed then. Audited as `instructor:<user id>`."""
+    with rt().session() as db:
+        found = db.get(Activity, activity_id)
+        if found is None or not _teaches(db, found):
+            abort(404)
+    typed = {name: request.form.get(name, "") for name in LIMIT_FIELDS}
+    try:
+        limit_settings.set_limits(rt(), activity_id, typed["weekly_hours_limit"], typed["min_trust_level"],
+                                  actor=f"instructor:{session['user_id']}", address=request.remote_addr or "")
+    except NotFound:
+        abort(404)
+    except limit_settings.InvalidLimits as exc:
+        with rt().session() as db:
+            found = db.get(Activity, activity_id)
+            if found is None:
+                abort(404)
+            return _page(db, found, limits_form=typed, limits_error=str(exc)), 400
+    return redirect(url_for("instructor.activity", activity_id=activity_id, limits="saved") + "#limits-settings", 303)
+
+
+def _limits_form(activity: Activity) -> dict[str, str]:
+    hours = activity.weekly_hours_limit
+    return {"weekly_hours_limit": "" if hours is None else f"{hours:g}", "min_trust_level": str(activity.min_trust_level)}
 
 
 def _teaches(db, activity: Activity) -> bool:  # type: ignore[no-untyped-def]

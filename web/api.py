@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 
 from redis.exceptions import RedisError
 
-from broker import endpoints, gpu_queue, gpus, services
+from broker import endpoints, gpu_queue, gpus, services, usage_limits
 from broker.models import Lab
 from tunnel.live import watchers_key
 from web.context import rt, user_id
@@ -25,6 +25,8 @@ def lab_status(lab_id: int):  # type: ignore[no-untyped-def]
         answer = lab_json(lab, rt().settings.keepalive_interval)
         answer["hosts"] = endpoints.public_hosts(endpoints.unseal(rt().vault, lab.endpoints))
         answer["watchers"] = watchers(lab.id)
+        weekly = usage_limits.status(session, lab) if lab.user_id == user_id() else None
+        answer["weekly_limit"] = weekly.as_json() if weekly else None  # the hours left this week (docs/limits.md)
         if lab.waiting_for == gpu_queue.WAITING:  # its place in line moves: told afresh on every poll
             answer["queue"] = gpus.queue_status(session, rt().settings, lab)
             answer["message"] = gpu_queue.waiting_message(answer["queue"] or {})

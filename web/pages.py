@@ -8,7 +8,7 @@ from __future__ import annotations
 from flask import Blueprint, abort, redirect, render_template, request, session, url_for
 from sqlalchemy import select
 
-from broker import services, takeaway
+from broker import services, takeaway, usage_limits
 from broker.guacd_params import LAYOUTS
 from broker.models import Activity, Lab
 from web import instructions
@@ -72,4 +72,5 @@ def lab_page(lab_id: int):  # type: ignore[no-untyped-def]
             "lab.html", lab=lab, settings=rt().settings, labels=STATE_LABELS, layouts=LAYOUTS, watch=False, learner_name="",
             instructions=instructions.render(lab.activity.image.spec),
             takeaway=takeaway.available(lab.activity.image.spec),
+            weekly_limit=usage_limits.status(db, lab),
         )

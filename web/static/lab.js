@@ -140,6 +140,7 @@ class LabPage {
     renderProblem(this.el.problem, problem);
     this.#renderResume(lab, problem);
     if (!this.config.watch) this.#renderWatchers(lab.watchers);
+    if (!this.config.watch) this.#renderWeeklyLimit(lab.weekly_limit);
     if (this.check) this.check.labChanged(lab);
     if (lab.state === "running" && this.phase === "waiting") this.#connect();
     else if (lab.state !== "running" && ["connecting", "connected", "retrying"].includes(this.phase)) this.#labStopped();
@@ -163,6 +164,17 @@ class LabPage {
       this.phase = "stopped";
       this.retry.cancel();
     }
+  }
+
+  /** The hours of this lab left this week, when its instructor set a weekly limit (docs/limits.md). */
+  #renderWeeklyLimit(limit) {
+    const line = byId("weekly-limit");
+    if (!line) return;
+    line.hidden = !limit;
+    if (!limit) return;
+    setText(line, limit.text);
+    line.classList.toggle("banner-warning", limit.exhausted);
+    line.classList.toggle("banner-info", !limit.exhausted);
   }
 
   #renderResume(lab, problem) {
