@@ -1,10 +1,15 @@
-"""What an admin sets on a backend (capacity, draining, prices), and the admission rule that honours it.
+"""What an admin sets on a backend (enabled, capacity, draining, prices), and the admission rule that
+honours it.
 
 Capacity counts the labs a backend *holds*: every lab past `requested` and not yet deleted or failed,
 suspended ones included, because a suspended lab keeps its disk (or its stack) there and resumes there
 without asking again. So the limit is checked once, when a new lab would start provisioning; a resume is
 never refused, and a running lab is never touched. A draining backend starts no new lab at all; labs it
 holds live out their life (suspend, resume, delete) as usual.
+
+A disabled backend is out of service, a stronger word than draining: it starts no new lab either, and
+learners cannot open or resume labs there (broker.services refuses the launch with a message for them);
+its labs can still be suspended and deleted, and the periodic health checks and reconciliation skip it.
 
 A lab refused here waits exactly as for a connector's `CapacityError` (broker.jobs): it stays `requested`
 with `waiting_for = "capacity"`, the learner sees that all lab machines are busy, and its job retries.
@@ -27,6 +32,7 @@ S = LabState
 # States in which a lab holds something on its backend (see the module's docstring).
 HOLDING = tuple(s.value for s in (S.PROVISIONING, S.RUNNING, S.SUSPENDING, S.SUSPENDED, S.RESUMING, S.DELETING))
 BUSY_MESSAGE = "All lab machines are busy; try again shortly."
+DISABLED_MESSAGE = "The machines for this lab are switched off by the administrators; it starts once they are back on."
 
 
 class InvalidSetting(LabDeskError):
@@ -81,6 +87,16 @@ def set_draining(session: Session, name: str, draining: bool, actor: str, addres
     return backend
 
 
+def set_enabled(session: Session, name: str, enabled: bool, actor: str, address: str = "") -> Backend:
+    """Put a backend out of service (no new labs, no launches or resumes; its labs can still be
+    suspended and deleted) or back in service."""
+    backend = _backend(session, name)
+    backend.enabled = enabled
+    action = "backend.enable" if enabled else "backend.disable"
+    _audit(session, actor, action, backend, "in service" if enabled else "out of service: no new labs, no launches", address)
+    return backend
+
+
 def set_prices(
     session: Session, name: str, hourly: float | None, suspended_hourly: float | None, actor: str, address: str = ""
 ) -> Backend:
@@ -98,15 +114,18 @@ def set_prices(
 
 
 def admit_new_lab(session: Session, lab: Lab) -> None:
-    """Raise `CapacityError` when the lab's backend may not start another lab now (draining, or at the
-    capacity an admin set); return quietly otherwise.
+    """Raise `CapacityError` when the lab's backend may not start another lab now (disabled, draining, or
+    at the capacity an admin set); return quietly otherwise. A lab requested just before its backend was
+    disabled waits, saying so, until the backend is back or the lab's deadline fails it.
 
     With a capacity set, the backend's row is locked (`SELECT … FOR UPDATE` on PostgreSQL) until the
     caller's transaction ends, so two workers cannot both take the last place; the caller's transition
     out of `requested` commits and releases it. SQLite runs one writer at a time and ignores the lock."""
     backend = session.execute(
-        select(Backend.draining, Backend.capacity).where(Backend.id == lab.backend_id)
+        select(Backend.enabled, Backend.draining, Backend.capacity).where(Backend.id == lab.backend_id)
     ).one()
+    if not backend.enabled:
+        raise CapacityError(f"backend {lab.backend_id} is disabled", DISABLED_MESSAGE)
     if backend.draining:
         raise CapacityError(f"backend {lab.backend_id} is draining", BUSY_MESSAGE)
     if backend.capacity is None:

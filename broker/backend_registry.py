@@ -1,10 +1,16 @@
-"""Registering a backend and asking for its health check: the one code path `labdesk backends add` and
-the admin console's Backends page share, so a config the CLI refuses is refused in the browser too.
+"""Registering, editing and removing a backend, and asking for its health check: the one code path the
+`labdesk backends` commands and the admin console's Backends page share, so a config the CLI refuses is
+refused in the browser too.
 
 A backend's settings are validated by building its connector (each connector's parser names the key at
 fault) before anything is stored; its credentials are sealed with the vault and never leave it except
 into a connector's memory. Building a connector does not call the backend: the health check that does
 runs as a job on the backend's own queue (the web never calls a backend, docs/architecture.md).
+
+An edit replaces the config and changes secrets one name at a time: running labs keep running, and every
+new operation (a worker builds the connector afresh when the row changes, broker.runtime) uses the new
+settings. A backend is removed only when no activity and no lab names it, so the row goes with its sealed
+secrets and no history is lost.
 """
 
 from __future__ import annotations
@@ -16,16 +22,21 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from sqlalchemy import select
+from redis.exceptions import RedisError
+from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from broker import audit, schedule
+from broker.backend_ops import HOLDING
 from broker.dispatch import JobRequest
 from broker.errors import LabDeskError
-from broker.models import Backend
+from broker.models import ENDED_STATES, Activity, Backend, Course, GpuSlot, Lab
 from broker.registry import connector_class
 from broker.runtime import Runtime
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+SEED = "credential_seed"  # connectors derive each lab's passwords and keys from it (connectors/credentials.py)
 
 
 class InvalidBackendInput(LabDeskError):
@@ -39,6 +50,48 @@ class InvalidBackendInput(LabDeskError):
 
 class BackendExists(LabDeskError):
     """A backend of that name is registered already."""
+
+
+class NoSuchBackend(LabDeskError):
+    """No backend of that name is registered."""
+
+
+class BackendInUse(LabDeskError):
+    """A backend that activities or labs still use cannot be removed; the message says which."""
+
+
+@dataclass(frozen=True)
+class SecretChanges:
+    """What an edit does to the sealed secrets: new values by name (new names included) and names to drop;
+    every other secret is kept as it is."""
+
+    replace: dict[str, str]
+    remove: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What still uses a backend: its labs not yet gone, and the activities (with their course) placed on it."""
+
+    live_labs: int
+    ended_labs: int
+    activities: list[str]
+
+    @property
+    def in_use(self) -> bool:
+        return bool(self.live_labs or self.ended_labs or self.activities)
+
+    def reason(self) -> str:
+        """Why it cannot be removed, e.g. "2 live labs; 1 activity uses it: Networking lab (Course A)"."""
+        parts = []
+        if self.live_labs:
+            parts.append(f"{self.live_labs} live lab{'s' if self.live_labs != 1 else ''}")
+        if self.activities:
+            shown = ", ".join(self.activities[:10]) + (f" and {len(self.activities) - 10} more" if len(self.activities) > 10 else "")
+            parts.append(f"{len(self.activities)} activit{'ies use' if len(self.activities) != 1 else 'y uses'} it: {shown}")
+        if self.ended_labs and not self.activities:
+            parts.append(f"the history of {self.ended_labs} ended lab{'s' if self.ended_labs != 1 else ''} names it")
+        return "; ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -106,6 +159,129 @@ def register(
         session.refresh(backend)
         session.expunge(backend)
         return backend
+
+
+def config_of(rt: Runtime, name: str) -> dict[str, Any]:
+    """The backend's config as stored (no secrets in it), for an edit that keeps it."""
+    with rt.session() as session:
+        return dict(_backend(session, name).config)
+
+
+def secret_names(rt: Runtime, name: str) -> list[str]:
+    """The names of a backend's sealed secrets (never their values), for the edit form and the CLI."""
+    with rt.session() as session:
+        return sorted(rt.vault.open(_backend(session, name).secrets))
+
+
+def edit(
+    rt: Runtime, name: str, config: dict[str, Any], changes: SecretChanges, *, actor: str, address: str = ""
+) -> str:
+    """Replace the backend's config and change its secrets as asked, validated by building its connector
+    with the result exactly as `register` does; store and audit it, and return what changed (names only).
+
+    Raises NoSuchBackend, InvalidBackendInput ("secrets": a name both replaced and removed, removed but not
+    set, or the credential seed touched unsafely) or ConfigError (naming the key), and changes nothing then."""
+    with rt.session() as session:
+        backend = _backend(session, name)
+        current = rt.vault.open(backend.secrets)
+        _check_secret_changes(session, backend, current, changes)
+        merged = {k: v for k, v in current.items() if k not in changes.remove} | changes.replace
+        connector_class(backend.kind)(name, {**config, **merged})  # refuses bad settings now, with its message
+        summary = _edit_summary(backend.config, config, current, changes)
+        backend.config = config
+        backend.secrets = rt.vault.seal(merged)
+        audit.record(session, actor, "backend.edit", target=f"backend:{name}", detail=summary, address=address)
+        session.commit()
+    return summary
+
+
+def _check_secret_changes(session: Session, backend: Backend, current: dict[str, Any], changes: SecretChanges) -> None:
+    both = sorted(changes.remove & set(changes.replace))
+    if both:
+        raise InvalidBackendInput("secrets", f"{both[0]}: give it a new value or remove it, not both")
+    unknown = sorted(changes.remove - set(current))
+    if unknown:
+        raise InvalidBackendInput("secrets", f"{unknown[0]}: no such secret is set")
+    if SEED in changes.remove:
+        raise InvalidBackendInput("secrets", f"{SEED}: cannot be removed; labs' passwords and keys are derived from it")
+    if SEED in changes.replace and changes.replace[SEED] != current.get(SEED) and _holding(session, backend.id):
+        raise InvalidBackendInput(
+            "secrets", f"{SEED}: can be replaced only while the backend holds no labs (their passwords and keys come from it)"
+        )
+
+
+def _edit_summary(before: dict[str, Any], after: dict[str, Any], current: dict[str, Any], changes: SecretChanges) -> str:
+    """What an edit changed, for the audit log and the admin: config keys and secret names, no values."""
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k, _ABSENT) != after.get(k, _ABSENT))
+    replaced = sorted(k for k in changes.replace if k in current)
+    added = sorted(k for k in changes.replace if k not in current)
+    parts = [f"config keys changed: {', '.join(changed)}" if changed else "config unchanged"]
+    parts += [f"secrets {label}: {', '.join(names)}" for label, names in
+              (("replaced", replaced), ("added", added), ("removed", sorted(changes.remove))) if names]
+    if not (replaced or added or changes.remove):
+        parts.append("secrets kept")
+    return "; ".join(parts)
+
+
+_ABSENT = object()
+
+
+def usage(rt: Runtime, name: str) -> Usage:
+    """What still uses the backend, as the remove confirmation shows it."""
+    with rt.session() as session:
+        return _usage(session, _backend(session, name))
+
+
+def remove(rt: Runtime, name: str, *, actor: str, address: str = "") -> None:
+    """Delete the backend's row, its sealed secrets with it, once nothing uses it; audited.
+
+    Refused with BackendInUse (naming the live labs and the activities) while any activity or lab names
+    it. Its GPU inventory goes too, and its last health check is forgotten."""
+    with rt.session() as session:
+        backend = _backend(session, name)
+        found = _usage(session, backend)
+        if found.in_use:
+            raise BackendInUse(f"{name} is in use: {found.reason()}")
+        kind = backend.kind
+        session.execute(delete(GpuSlot).where(GpuSlot.backend_id == backend.id))
+        session.delete(backend)
+        audit.record(session, actor, "backend.remove", target=f"backend:{name}",
+                     detail=f"kind {kind}; its sealed secrets are deleted", address=address)
+        try:
+            session.commit()
+        except IntegrityError:  # a row of another kind names it; keep everything as it was
+            session.rollback()
+            raise BackendInUse(f"{name} is in use: other records still refer to it") from None
+    try:
+        rt.redis.hdel(schedule.HEALTH_KEY, name)
+    except RedisError:
+        pass  # only a remembered health check; a backend added later under this name overwrites it
+
+
+def _usage(session: Session, backend: Backend) -> Usage:
+    counts = dict(session.execute(
+        select(Lab.state, func.count()).where(Lab.backend_id == backend.id).group_by(Lab.state)
+    ).all())
+    activities = session.execute(
+        select(Activity.title, Course.title).join(Course, Activity.course_id == Course.id)
+        .where(Activity.backend_id == backend.id).order_by(Course.title, Activity.title)
+    ).all()
+    return Usage(
+        live_labs=sum(n for state, n in counts.items() if state not in ENDED_STATES or state == "deleting"),
+        ended_labs=sum(n for state, n in counts.items() if state in ENDED_STATES and state != "deleting"),
+        activities=[f"{title} ({course})" for title, course in activities],
+    )
+
+
+def _holding(session: Session, backend_id: int) -> int:
+    return session.scalar(select(func.count()).select_from(Lab).where(Lab.backend_id == backend_id, Lab.state.in_(HOLDING))) or 0
+
+
+def _backend(session: Session, name: str) -> Backend:
+    backend = session.scalar(select(Backend).where(Backend.name == name))
+    if backend is None:
+        raise NoSuchBackend(f"no backend named '{name}'")
+    return backend
 
 
 def request_check(rt: Runtime, name: str, *, actor: str, address: str = "") -> bool:

@@ -356,6 +356,6 @@ from broker.cli_images import images_group  # noqa: E402  (built on the helpers 
 from broker.cli_gpus import gpus_group, watch  # noqa: E402
 from broker.cli_boxes import boxes_group  # noqa: E402
 from broker.cli_admins import admins_group  # noqa: E402
-import broker.cli_backend_ops  # noqa: E402,F401  (adds drain|undrain|capacity|price|status to `backends`)
+import broker.cli_backend_ops  # noqa: E402,F401  (adds edit|enable|disable|remove|drain|undrain|capacity|price|status to `backends`)
 
 COMMANDS = [db, labs, backends, sweep, worker, scheduler, run_all, demo, images_group, gpus_group, watch, boxes_group, admins_group]

@@ -1,12 +1,13 @@
-"""`labdesk backends drain|undrain|capacity|price|status`: the admin console's backend operations, for admins
-who prefer a shell. Added to the `backends` group of broker.cli; each change is audited as `cli:<os user>`.
+"""`labdesk backends edit|enable|disable|remove|drain|undrain|capacity|price|status`: the admin console's
+backend operations, for admins who prefer a shell. Added to the `backends` group of broker.cli; each calls
+the same broker function as the console and is audited as `cli:<os user>`.
 """
 
 from __future__ import annotations
 
 import click
 
-from broker import backend_ops
+from broker import backend_ops, backend_registry
 from broker.cli import backends, cli_actor, emit, fails_cleanly, json_option, rt
 
 
@@ -18,6 +19,60 @@ def _number_or_none(value: str, convert: type, what: str) -> object:
         return convert(value)
     except ValueError:
         raise click.BadParameter(f"expected a number or 'none', got {value!r}", param_hint=what) from None
+
+
+@backends.command("edit")
+@click.argument("name")
+@click.option("--config", "config_json", help="The new settings as a JSON object (replaces the config; default: keep it).")
+@click.option("--secret", "secret_pairs", multiple=True, help="KEY=VALUE: set or replace one secret (stored encrypted).")
+@click.option("--remove-secret", "removed", multiple=True, help="KEY: drop one secret.")
+@fails_cleanly
+def backends_edit(name: str, config_json: str | None, secret_pairs: tuple[str, ...], removed: tuple[str, ...]) -> None:
+    """Change NAME's config and secrets, validated by its connector exactly as on add; secrets not named are kept.
+    Running labs keep running; new operations use the new settings."""
+    try:
+        config = backend_registry.parse_config(config_json) if config_json is not None else backend_registry.config_of(rt(), name)
+        changes = backend_registry.SecretChanges(backend_registry.parse_secrets(secret_pairs), frozenset(removed))
+        summary = backend_registry.edit(rt(), name, config, changes, actor=cli_actor())
+    except backend_registry.InvalidBackendInput as exc:
+        hint = {"config": "--config", "secrets": "--secret/--remove-secret"}.get(exc.field, "NAME")
+        raise click.BadParameter(str(exc), param_hint=hint) from None
+    click.echo(f"backend {name} saved: {summary}")
+
+
+@backends.command("enable")
+@click.argument("name")
+@fails_cleanly
+def backends_enable(name: str) -> None:
+    """Put NAME back in service: new labs and launches again."""
+    with rt().session() as session:
+        backend_ops.set_enabled(session, name, True, cli_actor())
+    click.echo(f"backend {name} is enabled")
+
+
+@backends.command("disable")
+@click.argument("name")
+@fails_cleanly
+def backends_disable(name: str) -> None:
+    """Put NAME out of service: no new labs, no launches or resumes; its labs can still be suspended and deleted."""
+    with rt().session() as session:
+        backend_ops.set_enabled(session, name, False, cli_actor())
+    click.echo(f"backend {name} is disabled: no new labs and no launches there")
+
+
+@backends.command("remove")
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@fails_cleanly
+def backends_remove(name: str, yes: bool) -> None:
+    """Remove NAME with its sealed secrets; refused while any activity or lab uses it."""
+    found = backend_registry.usage(rt(), name)
+    if found.in_use:
+        raise backend_registry.BackendInUse(f"{name} is in use: {found.reason()}")
+    if not yes:
+        click.confirm(f"Remove backend {name} and its sealed secrets? This cannot be undone", abort=True)
+    backend_registry.remove(rt(), name, actor=cli_actor())
+    click.echo(f"backend {name} removed")
 
 
 @backends.command("drain")

@@ -7,6 +7,10 @@ Each LabDesk queue (the default one and one per backend) has its own registry; a
 
 A retry requeues the very job (same id, same arguments) through rq. That is safe because every LabDesk
 job re-reads the database first: a lab job whose lab has moved on does nothing.
+
+Failed jobs live in Redis and failed labs in the database, so each list is read on its own: with Redis
+unreachable, `failed_jobs` and `retry` raise `JobsUnavailable` (a sentence for the admin, no traceback)
+while the failed labs still show.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import re
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
+from redis.exceptions import RedisError
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job
 from rq.registry import FailedJobRegistry
@@ -23,7 +28,7 @@ from sqlalchemy.orm import Session
 
 from broker import audit
 from broker.dispatch import DEFAULT_QUEUE
-from broker.errors import LabDeskError
+from broker.errors import LabDeskError, ServiceUnavailable
 from broker.models import Activity, Backend, CheckAttempt, Course, Lab, LabEvent, LabExport, User
 from broker.runtime import Runtime
 
@@ -33,6 +38,13 @@ _LAB_JOB_ID = re.compile(r"^(?:lab|nudge)-(\d+)-")
 
 class JobNotFound(LabDeskError):
     """No failed job with that id in any LabDesk queue (retried already, or expired)."""
+
+
+class JobsUnavailable(ServiceUnavailable):
+    """Redis, where rq keeps the jobs, cannot be reached: no job can be listed or retried now."""
+
+    def __init__(self, cause: RedisError) -> None:
+        super().__init__(f"Redis cannot be reached ({cause})")
 
 
 @dataclass(frozen=True)
@@ -65,21 +77,22 @@ def queue_names(session: Session) -> list[str]:
 
 
 def failed_jobs(rt: Runtime, limit: int = 200) -> list[FailedJob]:
-    """Failed jobs across every LabDesk queue, the most recently ended first."""
+    """Failed jobs across every LabDesk queue, the most recently ended first; JobsUnavailable when Redis
+    cannot be reached."""
     with rt.session() as session:
         names = queue_names(session)
-        found: list[FailedJob] = []
-        for name in names:
-            registry = FailedJobRegistry(name, connection=rt.redis)
-            ids = registry.get_job_ids()
-            found += [_failed_job(name, job) for job in Job.fetch_many(ids, connection=rt.redis) if job is not None]
+        try:
+            found = [job for name in names for job in _failed_in(rt, name)]
+        except RedisError as exc:
+            raise JobsUnavailable(exc) from exc
         found = _with_labs(session, found)
     found.sort(key=lambda j: j.ended_at or datetime.min, reverse=True)
     return found[:limit]
 
 
 def retry(rt: Runtime, job_id: str, actor: str, address: str = "") -> FailedJob:
-    """Put a failed job back on its queue (rq's requeue: same id and arguments), and audit it."""
+    """Put a failed job back on its queue (rq's requeue: same id and arguments), and audit it.
+    Raises JobNotFound, or JobsUnavailable when Redis cannot be reached (nothing is retried or audited)."""
     wanted = next((job for job in failed_jobs(rt, limit=10**9) if job.job_id == job_id), None)
     if wanted is None:
         raise JobNotFound(f"no failed job '{job_id}' (retried already, or expired)")
@@ -87,6 +100,8 @@ def retry(rt: Runtime, job_id: str, actor: str, address: str = "") -> FailedJob:
         FailedJobRegistry(wanted.queue, connection=rt.redis).requeue(job_id)
     except (InvalidJobOperation, NoSuchJobError) as exc:  # someone else retried it a moment ago
         raise JobNotFound(f"no failed job '{job_id}' (retried already, or expired)") from exc
+    except RedisError as exc:
+        raise JobsUnavailable(exc) from exc
     with rt.session() as session:
         lab_id = wanted.lab_id if wanted.lab_id is not None and session.get(Lab, wanted.lab_id) else None
         audit.record(session, actor, "job.retry", lab_id=lab_id, target=f"job:{job_id}",
@@ -122,6 +137,11 @@ def failed_labs(session: Session, limit: int = 200) -> list[FailedLab]:
         FailedLab(lab_id, learner, course, activity, backend, at, reason or "", message)
         for lab_id, at, message, reason, learner, course, activity, backend in rows
     ]
+
+
+def _failed_in(rt: Runtime, queue: str) -> list[FailedJob]:
+    ids = FailedJobRegistry(queue, connection=rt.redis).get_job_ids()
+    return [_failed_job(queue, job) for job in Job.fetch_many(ids, connection=rt.redis) if job is not None]
 
 
 def _failed_job(queue: str, job: Job) -> FailedJob:

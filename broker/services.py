@@ -15,7 +15,7 @@ from broker.clock import utcnow
 from broker.errors import InvalidTransition, LabDeskError, ServiceUnavailable
 from broker.jobs import job_request
 from broker.lifecycle import ALLOWED, LabState, Move, sources_of, transition
-from broker.models import ENDED_STATES, Activity, Image, Lab, LabEvent, Membership, User
+from broker.models import ENDED_STATES, Activity, Backend, Image, Lab, LabEvent, Membership, User
 from broker.runtime import Runtime
 
 S = LabState
@@ -23,6 +23,14 @@ S = LabState
 
 class NotFound(LabDeskError):
     """The lab, activity or backend asked for does not exist."""
+
+
+class LaunchRefused(LabDeskError):
+    """The learner may not open this lab now; the message is written for them (the web shows it as is)."""
+
+
+BACKEND_DISABLED = ("This lab cannot open right now: its lab machines have been switched off by the administrators. "
+                    "Please try again later, or ask your instructor.")
 
 
 def user_for(rt: Runtime, issuer: str, subject: str, name: str) -> int:
@@ -58,6 +66,8 @@ def launch(rt: Runtime, user_id: int, activity_id: int, actor: str) -> Lab:
     _require_queue(rt)
     with rt.session() as session:
         lab = live_lab(session, user_id, activity_id)
+        if lab is None or lab.state == S.SUSPENDED:
+            _refuse_if_backend_disabled(session, activity_id)
         if lab is None:
             _clear_failed(rt, session, user_id, activity_id, actor)
             return _create(rt, session, user_id, activity_id, actor)
@@ -77,8 +87,17 @@ def reset(rt: Runtime, user_id: int, lab_id: int) -> Lab:
         if lab is None or lab.user_id != user_id or lab.state in ENDED_STATES:
             raise NotFound(f"no live lab {lab_id} of user {user_id}")
         activity_id, actor = lab.activity_id, f"user:{user_id}"
+        _refuse_if_backend_disabled(session, activity_id)  # before the old lab goes: nothing could replace it
         _request(rt, session, lab, S.DELETING, Move("learner reset the lab", actor))
     return launch(rt, user_id, activity_id, actor)
+
+
+def _refuse_if_backend_disabled(session: Session, activity_id: int) -> None:
+    """A disabled backend takes no new labs and resumes none (broker.backend_ops); a lab already running
+    there is still returned as it is, and its labs can still be suspended and deleted."""
+    enabled = session.scalar(select(Backend.enabled).join(Activity, Activity.backend_id == Backend.id).where(Activity.id == activity_id))
+    if enabled is False:
+        raise LaunchRefused(BACKEND_DISABLED)
 
 
 def newer_image(session: Session, activity: Activity) -> Image | None:

@@ -10,7 +10,7 @@ from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
 from broker.errors import InvalidTransition, ServiceUnavailable
-from broker.services import NotFound
+from broker.services import LaunchRefused, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,7 @@ def register_error_pages(app: Flask) -> None:
     app.register_error_handler(OperationalError, lambda e: _logged(503, e))  # the database is down or unreachable
     app.register_error_handler(NotFound, lambda e: _page(404, str(e)))
     app.register_error_handler(InvalidTransition, lambda e: _page(409, str(e)))
+    app.register_error_handler(LaunchRefused, lambda e: _page(403, str(e), "This lab cannot open now"))
 
 
 def _logged(code: int, error: Exception):  # type: ignore[no-untyped-def]
@@ -36,8 +37,10 @@ def _logged(code: int, error: Exception):  # type: ignore[no-untyped-def]
     return _page(code, "")
 
 
-def _page(code: int, detail: str | None):  # type: ignore[no-untyped-def]
+def _page(code: int, detail: str | None, refusal: str = ""):  # type: ignore[no-untyped-def]
     title, advice = MESSAGES.get(code, ("Something went wrong", "Please try again."))
+    if refusal:  # a sentence written for the learner (services.LaunchRefused), under its own title
+        title, advice = refusal, detail or advice
     if code == 400 and detail:  # our own sentence saying what was wrong with the request
         title, advice = "This request cannot be handled", detail
     if request.path.startswith("/api/") or request.accept_mimetypes.best == "application/json":

@@ -1,13 +1,16 @@
 """/admin/jobs over real HTTP with real rq (an in-process SimpleWorker runs the queues): a failed job is
 listed with its reason and a Retry button that puts it back on its queue (audited, shown once), failed
-labs come with their reason, and only an admin's CSRF-checked POST retries anything."""
+labs come with their reason, and only an admin's CSRF-checked POST retries anything. With Redis
+unreachable (a runtime whose Redis URL is a closed loopback port) the page still lists the failed labs and
+says why the job list is missing, and Retry says why nothing was retried."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pytest
 import requests
@@ -18,7 +21,8 @@ from broker import failed_jobs, services
 from broker.dispatch import DEFAULT_QUEUE, JobRequest
 from broker.models import AuditEvent, Backend
 from broker.runtime import Runtime
-from tests.support.http import Learner, LiveServer
+from app import create_app
+from tests.support.http import Learner, LiveServer, free_port, serve
 from tests.support.inline import run_queued_jobs
 from tests.support.world import World
 from tests.support.admin_browser import Browser, signed_in_root
@@ -115,3 +119,47 @@ def test_only_an_admins_csrf_checked_post_retries(
     assert forged.status_code == 400 and "This form has expired" in forged.text
     assert [j.job_id for j in failed_jobs.failed_jobs(rt)] == [JOB], "still failed, not retried"
     assert Queue(DEFAULT_QUEUE, connection=rt.redis).job_ids == []
+
+
+@pytest.fixture
+def redis_down(rt: Runtime) -> Iterator[LiveServer]:
+    """The same app, database and keys on a runtime whose Redis is a loopback port nobody listens on."""
+    down = Runtime(dataclasses.replace(rt.settings, redis_url=f"redis://127.0.0.1:{free_port()}/0"))
+    try:
+        yield from serve(create_app(down.settings, down))
+    finally:
+        down.close()
+
+
+def fail_a_lab(rt: Runtime, world: World) -> int:
+    with rt.session() as db:
+        backend = db.get(Backend, world.backend_id)
+        backend.config = {**backend.config, "fail": {"provision": "permanent"}}
+        db.commit()
+    lab_id = services.launch(rt, world.user_id, world.activity_id, "learner-1").id
+    run_queued_jobs(rt)
+    return lab_id
+
+
+def test_with_redis_down_the_page_shows_the_failed_labs_and_says_the_jobs_are_unavailable(
+    rt: Runtime, world: World, failed_job: str, admin_browser: Browser, redis_down: LiveServer
+) -> None:
+    lab_id = fail_a_lab(rt, world)
+    admin_browser.base_url = redis_down.url  # the same signed-in browser, on the server that cannot reach Redis
+    page = admin_browser.get("/admin/jobs")
+    assert page.status_code == 200, page.text
+    alert = re.search(r'<p class="error" role="alert">(.*?)</p>', page.text, re.S)
+    assert alert and alert.group(1).startswith("The job list is unavailable: Redis cannot be reached (")
+    assert "none can be listed or retried until Redis is back" in " ".join(alert.group(1).split())
+    assert JOB not in page.text and "No failed jobs." not in page.text, "no claim that nothing failed"
+    section = page.text.split('id="failed-labs-heading"')[1]
+    assert re.search(rf"<tr><td>{lab_id}</td><td>learner-1</td>", section), "the failed labs come from the database"
+
+    refused = retry(admin_browser, JOB)
+    assert refused.status_code == 200 and refused.url == redis_down.url + "/admin/jobs"
+    said = re.findall(r'<p class="error" role="alert">(.*?)</p>', refused.text, re.S)
+    assert said[0].startswith("Not retried: the job queue is unavailable because Redis cannot be reached (")
+    assert said[0].endswith("). Try again once Redis is back.")
+    assert [j.job_id for j in failed_jobs.failed_jobs(rt)] == [JOB], "still failed in the real Redis, not retried"
+    with rt.session() as db:
+        assert db.scalars(select(AuditEvent).where(AuditEvent.action == "job.retry")).all() == []

@@ -1,11 +1,16 @@
-"""The console's Backends section: the registered backends with their labs and last health check, adding
-one (validated and sealed by broker.backend_registry, exactly as `labdesk backends add`), a health check
-on request (queued on the backend's own queue: the web never calls a backend), and capacity, draining
-and prices (broker.backend_ops). Every POST is audited by the broker function it calls.
+"""The console's Backends section: the registered backends with their labs and last health check, adding,
+editing and removing one (validated and sealed by broker.backend_registry, exactly as `labdesk backends
+add|edit|remove`), a health check on request (queued on the backend's own queue: the web never calls a
+backend), and enabled, capacity, draining and prices (broker.backend_ops). Every POST is audited by the
+broker function it calls.
+
+Secrets never come back to the browser: the edit form lists only the names that are set, each with an
+empty field (empty keeps it) and a "remove" box.
 """
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Callable
 
@@ -15,7 +20,7 @@ from werkzeug.wrappers import Response
 
 from broker import backend_ops, backend_registry
 from broker.errors import LabDeskError
-from broker.models import Lab
+from broker.models import Backend, Lab
 from broker.registry import connector_kinds
 from web.admin.auth import actor, admin, admin_required, client_address, current_admin
 from web.context import rt
@@ -84,6 +89,12 @@ def backends_drain(name: str):  # type: ignore[no-untyped-def]
     return _act(name, lambda: _drain(name, request.form.get("draining") == "1"))
 
 
+@admin.post("/backends/<name>/enabled")
+@admin_required
+def backends_enabled(name: str):  # type: ignore[no-untyped-def]
+    return _act(name, lambda: _enable(name, request.form.get("enabled") == "1"))
+
+
 @admin.post("/backends/<name>/capacity")
 @admin_required
 def backends_capacity(name: str):  # type: ignore[no-untyped-def]
@@ -106,6 +117,13 @@ def _drain(name: str, draining: bool) -> str:
     with rt().session() as db:
         backend_ops.set_draining(db, name, draining, actor(), client_address())
     return f"{name} is draining: no new lab starts there." if draining else f"{name} takes new labs again."
+
+
+def _enable(name: str, enabled: bool) -> str:
+    with rt().session() as db:
+        backend_ops.set_enabled(db, name, enabled, actor(), client_address())
+    return (f"{name} is enabled: it takes new labs again." if enabled else
+            f"{name} is disabled: no new labs and no launches there; its labs can still be suspended and deleted.")
 
 
 def _capacity(name: str, raw: str) -> str:
@@ -140,3 +158,91 @@ def _act(name: str, action: Callable[[], str]) -> Response:
     except LabDeskError as exc:
         flash(f"{name}: {exc}", "error")
     return redirect(url_for("admin.backends") + f"#backend-{name}")
+
+
+# -- edit -----------------------------------------------------------------------------------------------
+@admin.get("/backends/<name>/edit")
+@admin_required
+def backends_edit_form(name: str):  # type: ignore[no-untyped-def]
+    backend = _found(name)
+    return _edit_page(backend, {"config": json.dumps(backend.config, indent=2, sort_keys=True), "remove": []})
+
+
+@admin.post("/backends/<name>/edit")
+@admin_required
+def backends_edit(name: str):  # type: ignore[no-untyped-def]
+    """Save the config and the secret changes; a refusal re-shows the form with the reason next to the
+    field at fault and what was typed (except secret values), and changes nothing."""
+    backend = _found(name)
+    typed = {"config": request.form.get("config", ""), "remove": request.form.getlist("remove")}
+    try:
+        config = backend_registry.parse_config(typed["config"])
+        changes = _secret_changes(backend_registry.secret_names(rt(), name))
+        summary = backend_registry.edit(rt(), name, config, changes, actor=actor(), address=client_address())
+    except backend_registry.InvalidBackendInput as exc:
+        return _edit_page(backend, typed, str(exc), exc.field, 400)
+    except LabDeskError as exc:  # ConfigError from the connector's parser, naming the key
+        return _edit_page(backend, typed, str(exc), "config", 400)
+    flash(f"{name} saved ({summary}). Running labs keep running; new operations use the new settings.")
+    return redirect(url_for("admin.backends") + f"#backend-{name}")
+
+
+def _secret_changes(names: list[str]) -> backend_registry.SecretChanges:
+    """Each set secret's field (empty keeps it), its "remove" box, and new KEY=VALUE lines."""
+    replace = {n: request.form.get(f"secret:{n}", "") for n in names}
+    replace = {n: value for n, value in replace.items() if value}
+    added = backend_registry.parse_secrets(request.form.get("new_secrets", "").splitlines())
+    twice = sorted(set(replace) & set(added))
+    if twice:
+        raise backend_registry.InvalidBackendInput("secrets", f"{twice[0]}: given twice (in its own field and in the new lines)")
+    return backend_registry.SecretChanges(replace | added, frozenset(request.form.getlist("remove")))
+
+
+def _edit_page(backend: Backend, typed: dict[str, object], error: str = "", error_field: str = "",
+               status: int = 200) -> tuple[str, int]:
+    return render_template(
+        "admin/backend_edit.html", admin=current_admin(), backend=backend,
+        secret_names=backend_registry.secret_names(rt(), backend.name), form=typed, error=error,
+        error_field=error_field,
+    ), status
+
+
+# -- remove ---------------------------------------------------------------------------------------------
+@admin.get("/backends/<name>/remove")
+@admin_required
+def backends_remove_confirm(name: str):  # type: ignore[no-untyped-def]
+    """The confirmation page: what removing does, or why it is refused now."""
+    backend = _found(name)
+    return render_template("admin/backend_remove.html", admin=current_admin(), backend=backend,
+                           usage=backend_registry.usage(rt(), name))
+
+
+@admin.post("/backends/<name>/remove")
+@admin_required
+def backends_remove(name: str):  # type: ignore[no-untyped-def]
+    try:
+        backend_registry.remove(rt(), name, actor=actor(), address=client_address())
+    except backend_registry.BackendInUse as exc:
+        flash(f"Not removed: {exc}.", "error")
+        return redirect(url_for("admin.backends_remove_confirm", name=name))
+    except LabDeskError as exc:
+        flash(f"{name}: {exc}", "error")
+        return redirect(url_for("admin.backends"))
+    flash(f"Backend {name} removed, with its sealed secrets.")
+    return redirect(url_for("admin.backends"))
+
+
+def _found(name: str) -> Backend:
+    """The backend's row (detached); NoSuchBackend otherwise, which goes back to the list saying so."""
+    with rt().session() as db:
+        backend = db.scalar(select(Backend).where(Backend.name == name))
+        if backend is None:
+            raise backend_registry.NoSuchBackend(f"no backend named '{name}'")
+        db.expunge(backend)
+        return backend
+
+
+@admin.errorhandler(backend_registry.NoSuchBackend)
+def _no_such_backend(exc: backend_registry.NoSuchBackend) -> Response:
+    flash(f"{exc} (removed meanwhile?).", "error")
+    return redirect(url_for("admin.backends"))
