@@ -1,6 +1,7 @@
 """In Debian's chromium (Playwright): an admin signs in, adds a backend through the form (a config error
 first, shown on the form), sees it listed, then imports the site's catalogue and sees its images with
-their versions. Screenshots are kept in the test's directory."""
+their versions; and an admin edits a backend (a refused config first, shown by the field, then a new
+config and a replaced secret) and disables it. Screenshots are kept in the test's directory."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 from sqlalchemy import select
 
 from app import create_app
-from broker import admins, images
+from broker import admins, backend_registry, images
 from broker.models import Backend
 from broker.runtime import Runtime
 from tests.support.http import LiveServer, serve
@@ -81,3 +82,49 @@ def test_an_admin_adds_a_backend_and_imports_the_catalogue(
 
     page.get_by_role("navigation", name="Admin console").get_by_role("link", name="Backends").click()
     assert "lab-cloud" in page.locator("#backend-lab-cloud").inner_text()
+
+
+KEYSTONE = {"auth_url": "https://keystone.example.edu:5000/v3", "username": "labdesk", "project_name": "labs"}
+
+
+def test_an_admin_edits_a_backend_then_disables_it(console: LiveServer, browser: "Browser", rt: Runtime, tmp_path: Path) -> None:
+    backend_registry.register(rt, "campus", "heat", {**KEYSTONE, "capacity": 10}, {"password": SECRET}, actor="cli:test")
+    page = browser.new_page()
+    page.goto(console.url + "/admin/backends")
+    page.get_by_label("Username").fill("root")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    page.get_by_text("Actions on campus").click()
+    page.get_by_role("link", name="Edit campus (config and secrets)").click()
+    page.get_by_role("heading", name="Edit backend campus").wait_for()
+    secrets = page.get_by_role("group", name="Secrets (stored encrypted, never shown)")
+    assert secrets.get_by_role("rowheader").all_inner_texts() == ["credential_seed", "password"]
+    assert SECRET not in page.content()
+
+    config = page.get_by_label("Config (JSON object, no secrets)")
+    typed = json.dumps({**KEYSTONE, "interface": "nope"})
+    config.fill(typed)
+    page.get_by_label("New value for password").fill("typed-then-refused")
+    page.get_by_role("button", name="Save campus").click()
+    page.get_by_role("alert").filter(has_text="interface: expected one of public, internal, admin").wait_for()
+    assert page.get_by_label("Config (JSON object, no secrets)").input_value() == typed, "what was typed stays"
+    assert page.get_by_label("New value for password").input_value() == "", "a typed secret is not sent back"
+    assert page.locator("#config-error").inner_text().endswith("got 'nope'")
+    page.screenshot(path=str(tmp_path / "admin-backend-edit-refused.png"), full_page=True)
+
+    page.get_by_label("Config (JSON object, no secrets)").fill(json.dumps({**KEYSTONE, "capacity": 20}))
+    page.get_by_label("New value for password").fill("rotated-password")
+    page.get_by_role("button", name="Save campus").click()
+    page.get_by_role("status").filter(has_text="campus saved (config keys changed: capacity; secrets replaced: password)").wait_for()
+    assert "rotated-password" not in page.content()
+    with rt.session() as db:
+        stored = db.scalars(select(Backend).where(Backend.name == "campus")).one()
+        assert stored.config["capacity"] == 20 and rt.vault.open(stored.secrets)["password"] == "rotated-password"
+
+    page.get_by_text("Actions on campus").click()
+    page.get_by_role("button", name="Disable campus").click()
+    page.get_by_role("status").filter(has_text="campus is disabled: no new labs and no launches there").wait_for()
+    assert "disabled" in page.locator("#backend-campus").inner_text()
+    page.screenshot(path=str(tmp_path / "admin-backend-disabled.png"), full_page=True)
+    with rt.session() as db:
+        assert db.scalars(select(Backend.enabled).where(Backend.name == "campus")).one() is False

@@ -204,6 +204,7 @@ def test_an_edit_changes_the_config_and_each_secret_by_name_and_never_shows_a_va
     assert names == ["burst.password", "credential_seed", "password"], "the names of what is set, and only the names"
     for value in (SECRET, TOKEN, seed):
         assert value not in form.text
+    assert 'name="remove" value="credential_seed"' not in form.text and 'name="remove" value="password"' in form.text
     assert '"capacity": 10' in html.unescape(form.text), "the config as stored, to change"
 
     saved = edit(admin, "cloud", config=f'{{{KEYSTONE}, "capacity": 20}}',
@@ -254,7 +255,7 @@ def test_a_refused_edit_says_why_by_the_field_keeps_what_was_typed_and_changes_n
             assert html.unescape(next_to.group(1)) == fields["config"], "the config comes back as typed"
     else:
         assert re.search(r'<p class="error" id="secrets-error">[^<]*' + re.escape(reason), refused.text)
-    if "remove" in fields:
+    if fields.get("remove", "credential_seed") != "credential_seed":  # the seed has no box: it cannot be removed
         assert re.search(rf'name="remove" value="{fields["remove"]}" checked', refused.text), "the ticked box stays ticked"
     assert "typed-new-password" not in refused.text and "typed-but-removed" not in refused.text and SECRET not in refused.text
     assert (stored(rt)["cloud"].config, sealed(rt, "cloud")) == before
