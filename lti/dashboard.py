@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from broker import audit, class_labs, class_schedule, class_view, services
 from broker.clock import utcnow
-from broker.models import Activity, ClassSession, Course, Lab
+from broker.models import ENDED_STATES, Activity, ClassSession, Course, Lab
 from web.context import rt
 
 dashboard = Blueprint("dashboard", __name__, template_folder="templates")
@@ -41,7 +41,7 @@ def _page(db: Session, found: Course, refused: tuple[int, dict[str, str], str] |
     sections = [
         dict(activity=a, rows=_shown(class_view.learner_rows(rt(), db, a), state, sort), classes=class_schedule.upcoming(db, a.id),
              class_form=refused[1] if refused and refused[0] == a.id else _class_form(),
-             class_error=refused[2] if refused and refused[0] == a.id else "")
+             class_error=refused[2] if refused and refused[0] == a.id else "", prewarmed=_prewarmed(db, a.id))
         for a in activities
     ]
     return render_template(
@@ -91,6 +91,11 @@ def cancel_class_session(session_id: int):  # type: ignore[no-untyped-def]
         with rt().session() as db:
             return _page(db, _taught_course(db, course_id), refused=(activity_id, _class_form(), str(exc))), 409
     return _back(course_id, anchor=f"classes-{activity_id}", done="cancelled", labs=str(deleted))
+
+
+def _prewarmed(db: Session, activity_id: int) -> set[int]:
+    """The activity's live labs a class session started that their learner has not opened yet."""
+    return set(db.scalars(select(Lab.id).where(Lab.activity_id == activity_id, Lab.prewarmed_by.is_not(None), Lab.state.not_in(ENDED_STATES))))
 
 
 def _class_form() -> dict[str, str]:

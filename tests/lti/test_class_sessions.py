@@ -134,13 +134,16 @@ def test_an_instructor_schedules_a_session_whose_warm_up_starts_the_labs(rt: Run
     page = get(grace, path).text
     assert "2 labs started at" in panel(page, activity_id)
     section = page.split(f'id="activity-{activity_id}"', 1)[1]
-    assert section.count('<td class="state">running</td>') == 2, "the warmed labs are in the learners' rows"
+    warmed_row = '<td class="state">running <span class="muted">(pre-warmed for class, not opened yet)</span></td>'
+    assert section.count(warmed_row) == 2, "the warmed labs are in the learners' rows, marked as not opened yet"
 
     # Ada comes to class: her launch lands on the lab that is already running, which is hers from now on.
     ada_now = Person(rt, "emu-learner-1", link_id=klass["link"])
     assert ada_now.landed.url.endswith(f"/labs/{labs[ada].id}")
     with rt.session() as db:
         assert db.get(Lab, labs[ada].id).prewarmed_by is None and db.get(Lab, labs[alan].id).prewarmed_by is not None
+    section = get(grace, path).text.split(f'id="activity-{activity_id}"', 1)[1]
+    assert section.count(warmed_row) == 1 and section.count('<td class="state">running</td>') == 1, "Ada's lab is hers now"
 
     teacher = f"instructor:{user_id(rt, 'emu-instructor-1')}"
     events = [(e.actor, e.action) for e in audit_rows(rt)]
