@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 from broker import audit, schedule
 from broker.backend_ops import HOLDING
 from broker.dispatch import JobRequest
-from broker.errors import LabDeskError
+from broker.errors import LabDeskError, ServiceUnavailable
 from broker.models import ENDED_STATES, Activity, Backend, Course, GpuSlot, Lab
 from broker.registry import connector_class
 from broker.runtime import Runtime
@@ -182,7 +182,7 @@ def edit(
     Raises NoSuchBackend, InvalidBackendInput ("secrets": a name both replaced and removed, removed but not
     set, or the credential seed touched unsafely) or ConfigError (naming the key), and changes nothing then."""
     with rt.session() as session:
-        backend = _backend(session, name)
+        backend = _backend(session, name, lock=True)  # two edits at once: the second reads the first's secrets
         current = rt.vault.open(backend.secrets)
         _check_secret_changes(session, backend, current, changes)
         merged = {k: v for k, v in current.items() if k not in changes.remove} | changes.replace
@@ -238,7 +238,7 @@ def remove(rt: Runtime, name: str, *, actor: str, address: str = "") -> None:
     Refused with BackendInUse (naming the live labs and the activities) while any activity or lab names
     it. Its GPU inventory goes too, and its last health check is forgotten."""
     with rt.session() as session:
-        backend = _backend(session, name)
+        backend = _backend(session, name, lock=True)
         found = _usage(session, backend)
         if found.in_use:
             raise BackendInUse(f"{name} is in use: {found.reason()}")
@@ -277,8 +277,10 @@ def _holding(session: Session, backend_id: int) -> int:
     return session.scalar(select(func.count()).select_from(Lab).where(Lab.backend_id == backend_id, Lab.state.in_(HOLDING))) or 0
 
 
-def _backend(session: Session, name: str) -> Backend:
-    backend = session.scalar(select(Backend).where(Backend.name == name))
+def _backend(session: Session, name: str, lock: bool = False) -> Backend:
+    """The backend's row; with `lock`, held (`SELECT … FOR UPDATE` on PostgreSQL) until the caller commits."""
+    query = select(Backend).where(Backend.name == name)
+    backend = session.scalar(query.with_for_update() if lock else query)
     if backend is None:
         raise NoSuchBackend(f"no backend named '{name}'")
     return backend
@@ -291,9 +293,12 @@ def request_check(rt: Runtime, name: str, *, actor: str, address: str = "") -> b
         backend = session.scalar(select(Backend).where(Backend.name == name))
         if backend is None:
             raise LabDeskError(f"no backend named '{name}'")
-        queued = rt.dispatcher.enqueue(JobRequest(
-            backend.queue_name, f"health-{backend.id}-admin-{int(time.time())}", schedule.check_backend_job, (backend.id,)
-        ))
+        try:
+            queued = rt.dispatcher.enqueue(JobRequest(
+                backend.queue_name, f"health-{backend.id}-admin-{int(time.time())}", schedule.check_backend_job, (backend.id,)
+            ))
+        except RedisError as exc:
+            raise ServiceUnavailable(f"the job queue is unavailable, so no check was queued: Redis cannot be reached ({exc})") from exc
         audit.record(session, actor, "backend.check", target=f"backend:{name}",
                      detail="health check queued" if queued else "a health check is queued already", address=address)
         session.commit()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import html
 import re
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pytest
 import requests
@@ -23,6 +23,7 @@ from broker.models import AuditEvent, Backend, Lab
 from broker.runtime import Runtime
 from tests.support.http import Learner, LiveServer
 from tests.support.inline import lab_state, run_queued_jobs
+from tests.support.redis_down import serve_without_redis
 from tests.support.world import World
 from tests.support.admin_browser import Browser, signed_in_root
 
@@ -335,3 +336,29 @@ def test_removing_a_backend_is_confirmed_and_refused_while_anything_uses_it(
     gone = admin.get("/admin/backends/spare/remove")
     assert gone.url.endswith("/admin/backends") and "no backend named &#39;spare&#39;" in gone.text
     assert [(a, t) for a, _, t, _ in audit_rows(rt, "backend.remove")] == [("backend.remove", "backend:spare")]
+
+
+@pytest.fixture
+def redis_down(rt: Runtime) -> Iterator[LiveServer]:
+    yield from serve_without_redis(rt)
+
+
+def test_with_redis_down_the_list_and_the_database_actions_still_work(
+    rt: Runtime, world: World, admin: Browser, redis_down: LiveServer
+) -> None:
+    admin.base_url = redis_down.url  # the same signed-in admin, on a server that cannot reach Redis
+    page = admin.get("/admin/backends")
+    assert page.status_code == 200
+    assert ('<p class="error" role="alert">The health checks are unavailable: Redis, where they are kept, cannot be '
+            "reached.</p>") in page.text
+    row = re.search(r'<tr id="backend-fake">(.*?)</tr>', page.text, re.S)
+    assert row and "unknown (Redis cannot be reached)" in row.group(1)
+
+    check = admin.post("/admin/backends/fake/check", data={"csrf_token": admin.token("/admin/backends")})
+    assert check.status_code == 200
+    assert re.search(r'<p class="error" role="alert">fake: the job queue is unavailable, so no check was queued: '
+                     r"Redis cannot be reached \(", check.text), check.text
+    assert "fake is disabled" in admin.post("/admin/backends/fake/enabled",
+                                            data={"enabled": "0", "csrf_token": admin.token("/admin/backends")}).text
+    assert stored(rt)["fake"].enabled is False
+    assert [a for a, *_ in audit_rows(rt)] == ["backend.disable"], "the refused check left no audit row"

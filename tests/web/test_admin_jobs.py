@@ -6,7 +6,6 @@ says why the job list is missing, and Retry says why nothing was retried."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 from pathlib import Path
@@ -21,8 +20,8 @@ from broker import failed_jobs, services
 from broker.dispatch import DEFAULT_QUEUE, JobRequest
 from broker.models import AuditEvent, Backend
 from broker.runtime import Runtime
-from app import create_app
-from tests.support.http import Learner, LiveServer, free_port, serve
+from tests.support.http import Learner, LiveServer
+from tests.support.redis_down import serve_without_redis
 from tests.support.inline import run_queued_jobs
 from tests.support.world import World
 from tests.support.admin_browser import Browser, signed_in_root
@@ -124,11 +123,7 @@ def test_only_an_admins_csrf_checked_post_retries(
 @pytest.fixture
 def redis_down(rt: Runtime) -> Iterator[LiveServer]:
     """The same app, database and keys on a runtime whose Redis is a loopback port nobody listens on."""
-    down = Runtime(dataclasses.replace(rt.settings, redis_url=f"redis://127.0.0.1:{free_port()}/0"))
-    try:
-        yield from serve(create_app(down.settings, down))
-    finally:
-        down.close()
+    yield from serve_without_redis(rt)
 
 
 def fail_a_lab(rt: Runtime, world: World) -> int:

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Callable
 
 from flask import flash, redirect, render_template, request, url_for
+from redis.exceptions import RedisError
 from sqlalchemy import func, select
 from werkzeug.wrappers import Response
 
@@ -47,10 +48,15 @@ def _page(form: dict[str, str] | None = None, error: str = "", error_field: str 
     ), status
 
 
-def _health() -> dict[str, dict[str, object]]:
-    """The last recorded check per backend, its time in UTC as the audit log shows times."""
+def _health() -> dict[str, dict[str, object]] | None:
+    """The last recorded check per backend, its time in UTC as the audit log shows times; None when Redis,
+    where the checks are kept, cannot be reached (the page still lists the backends and their actions)."""
+    try:
+        recorded = backend_registry.last_health(rt())
+    except RedisError:
+        return None
     return {name: {"ok": h.ok, "when": datetime.fromtimestamp(h.at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")}
-            for name, h in backend_registry.last_health(rt()).items()}
+            for name, h in recorded.items()}
 
 
 @admin.get("/backends")
