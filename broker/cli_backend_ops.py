@@ -125,14 +125,14 @@ def backends_price(name: str, running: str, suspended: str) -> None:
 @json_option
 @fails_cleanly
 def backends_status(as_json: bool) -> None:
-    """Each backend's labs held, capacity, draining and prices."""
+    """Each backend's labs held, capacity, disabled or draining, and prices."""
     with rt().session() as session:
         rows = [vars(s) for s in backend_ops.statuses(session)]
 
     def lines(rs: list[dict[str, object]]) -> list[str]:
         return [
             f"{r['name']:<20} {r['holding']}/{r['capacity'] if r['capacity'] is not None else '-'} labs"
-            f"{'  DRAINING' if r['draining'] else ''}  price {r['hourly_price']}/{r['suspended_hourly_price']} per hour"
+            f"{'  DISABLED' if not r['enabled'] else ''}{'  DRAINING' if r['draining'] else ''}  price {r['hourly_price']}/{r['suspended_hourly_price']} per hour"
             for r in rs
         ]
 

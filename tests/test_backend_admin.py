@@ -111,6 +111,7 @@ def test_a_disabled_backend_takes_no_new_lab_but_its_labs_are_suspended_and_dele
 
     assert labdesk("backends", "disable", "fake").output == "backend fake is disabled: no new labs and no launches there\n"
     assert schedule.check_backends(rt) == 0 and schedule.reconcile(rt) == 0, "the sweeps leave it alone"
+    assert "DISABLED" in labdesk("backends", "status").output
     with pytest.raises(services.LaunchRefused, match="its lab machines have been switched off by the administrators"):
         services.launch(rt, add_learner(rt, "late"), world.activity_id, "late")
     run_queued_jobs(rt)
@@ -131,6 +132,7 @@ def test_a_disabled_backend_takes_no_new_lab_but_its_labs_are_suspended_and_dele
     assert lab_state(rt, running) == "deleted"
 
     assert labdesk("backends", "enable", "fake").output == "backend fake is enabled\n"
+    assert "DISABLED" not in labdesk("backends", "status").output
     assert schedule.check_backends(rt) == 1
     assert jobs.advance_lab(asked, "requested") is None, "its retry (which rq schedules) now starts it"
     assert lab_state(rt, asked) == "running"
