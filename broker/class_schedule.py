@@ -277,22 +277,24 @@ def _start(rt: Runtime, user_id: int, activity_id: int, session_id: int, actor: 
 
 def release_unused(rt: Runtime) -> int:
     """Hold pre-warmed labs until their session's start plus the activity's idle time, then let them go:
-    running ones whose learner has not come are suspended, ones still waiting to start are deleted.
+    running ones whose learner has not come are suspended, ones still waiting to start are deleted. A lab
+    whose learner reached it without a launch (a bookmark: keepalives, no launch) is theirs: unmarked.
     Returns how many labs were suspended or deleted."""
     now = utcnow()
     with rt.session() as session:
-        presence.flush(rt.redis, session, rt.settings.leave_grace)  # a learner at the page is not "unused"
+        presence.flush(rt.redis, session, rt.settings.leave_grace)  # fold in keepalives first, as the idle sweep does
         rows = session.execute(
-            select(Lab.id, Lab.state, Lab.idle_deadline, ClassSession.starts_at, Activity.idle_suspend_after)
+            select(Lab.id, Lab.state, Lab.idle_deadline, Lab.last_active_at, Lab.state_changed_at, ClassSession.starts_at, Activity.idle_suspend_after)
             .join(ClassSession, ClassSession.id == Lab.prewarmed_by).join(Activity, Activity.id == Lab.activity_id)
             .where(Lab.prewarmed_by.is_not(None), Lab.state.in_([S.RUNNING.value, S.REQUESTED.value]))
         ).all()
         hold: dict[datetime, list[int]] = {}
-        suspend: list[int] = []
-        drop: list[int] = []
-        for lab_id, state, idle_deadline, starts_at, idle in rows:
+        came, suspend, drop = [], [], []
+        for lab_id, state, idle_deadline, last_active_at, running_since, starts_at, idle in rows:
             until = starts_at + timedelta(seconds=idle)
-            if until > now:
+            if state == S.RUNNING.value and _seen_since(last_active_at, running_since):
+                came.append(lab_id)
+            elif until > now:
                 if state == S.RUNNING.value and (idle_deadline is None or idle_deadline < until):
                     hold.setdefault(until, []).append(lab_id)
             elif state == S.RUNNING.value and (idle_deadline is None or idle_deadline <= now):
@@ -301,11 +303,19 @@ def release_unused(rt: Runtime) -> int:
                 drop.append(lab_id)
         for until, lab_ids in hold.items():
             session.execute(update(Lab).where(Lab.id.in_(lab_ids), Lab.state == S.RUNNING.value).values(idle_deadline=until))
+        if came:
+            session.execute(update(Lab).where(Lab.id.in_(came)).values(prewarmed_by=None))
         session.commit()
         moved = transition_many(session, rt.settings, suspend, S.RUNNING, S.SUSPENDING, Move("pre-warmed for a class session; its learner did not come", "class-session"))
         moved += transition_many(session, rt.settings, drop, S.REQUESTED, S.DELETING, Move("pre-warmed for a class session; still waiting when it started", "class-session"))
         _enqueue(rt, session, moved)
         return len(moved)
+
+
+def _seen_since(last_active_at: datetime | None, running_since: datetime | None) -> bool:
+    """Whether a keepalive reached the lab after it started running: arriving in `running` sets both
+    times together; a keepalive (folded in whole seconds) moves `last_active_at` past it."""
+    return last_active_at is not None and running_since is not None and last_active_at > running_since + timedelta(seconds=1)
 
 
 def _enqueue(rt: Runtime, session: Session, lab_ids: list[int]) -> None:

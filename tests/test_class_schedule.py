@@ -16,6 +16,7 @@ from sqlalchemy import select
 
 from broker import backend_ops, class_schedule, schedule, services
 from broker.class_schedule import ScheduleError
+from broker.activity import record_keepalive
 from broker.clock import set_clock, utcnow
 from broker.models import AuditEvent, ClassSession, Lab, LabEvent, Membership, User
 from broker.runtime import Runtime
@@ -211,18 +212,22 @@ def test_the_warm_up_takes_no_place_a_learner_would_wait_for(rt: Runtime, world:
 
 
 def test_unused_pre_warmed_labs_are_held_until_class_then_suspended(rt: Runtime, world: World, klass: dict[str, int], clock: Clock) -> None:
-    found = schedule_in(rt, world, 30, pool=2, lead=30)  # warmed now, class in 30 minutes
-    assert class_schedule.prewarm_due(rt) == 2
+    found = schedule_in(rt, world, 30, pool=3, lead=30)  # warmed now, class in 30 minutes
+    assert class_schedule.prewarm_due(rt) == 3
     run_queued_jobs(rt)
     labs = labs_of(rt, world)
-    came, stayed_away = labs[klass["learner-1"]].id, labs[klass["learner-2"]].id
+    came, stayed_away, bookmarked = (labs[klass[f"learner-{n}"]].id for n in (1, 2, 3))
 
     clock.advance(5 * 60)  # past the activity's idle time (120 s), still before class
     assert class_schedule.release_unused(rt) == 0
     assert schedule.suspend_idle(rt) == 0, "held for the class: nobody is late yet"
     services.launch(rt, klass["learner-1"], world.activity_id, "user:1")  # learner-1 arrives early
+    record_keepalive(rt.redis, bookmarked)  # learner-3 opened the lab page from a bookmark, without a launch
+    class_schedule.release_unused(rt)
+    assert labs_of(rt, world)[klass["learner-3"]].prewarmed_by is None, "a lab its learner is at is theirs"
 
     clock.advance(25 * 60 + 60)  # class started a minute ago: within the idle time still
+    record_keepalive(rt.redis, bookmarked)
     assert class_schedule.release_unused(rt) == 0 and lab_state(rt, stayed_away) == "running"
     clock.advance(90)  # starts_at + idle_suspend_after has passed
     assert class_schedule.release_unused(rt) == 1
@@ -231,10 +236,10 @@ def test_unused_pre_warmed_labs_are_held_until_class_then_suspended(rt: Runtime,
     with rt.session() as session:
         why = session.execute(select(LabEvent.actor, LabEvent.reason).where(LabEvent.lab_id == stayed_away, LabEvent.to_state == "suspending")).one()
     assert why == ("class-session", "pre-warmed for a class session; its learner did not come")
-    assert lab_state(rt, came) == "running", "the lab its learner came to is not the warm-up's to suspend"
+    assert lab_state(rt, came) == "running" and lab_state(rt, bookmarked) == "running", "labs their learners came to are not the warm-up's"
     assert class_schedule.release_unused(rt) == 0, "nothing twice"
     assert labs_of(rt, world)[klass["learner-1"]].prewarmed_by is None
-    assert stored(rt, found.id).warmed_count == 2
+    assert stored(rt, found.id).warmed_count == 3
 
 
 def test_a_pre_warmed_lab_still_waiting_when_class_starts_is_deleted(rt: Runtime, world: World, klass: dict[str, int], clock: Clock) -> None:
