@@ -11,6 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from broker import launch_gate
 from broker.clock import utcnow
 from broker.errors import InvalidTransition, LabDeskError, ServiceUnavailable
 from broker.jobs import job_request
@@ -68,6 +69,7 @@ def launch(rt: Runtime, user_id: int, activity_id: int, actor: str) -> Lab:
         lab = live_lab(session, user_id, activity_id)
         if lab is None or lab.state == S.SUSPENDED:
             _refuse_if_backend_disabled(session, activity_id)
+            launch_gate.check(session, user_id, activity_id, actor)  # trust level, weekly hours
         if lab is None:
             _clear_failed(rt, session, user_id, activity_id, actor)
             return _create(rt, session, user_id, activity_id, actor)
@@ -88,6 +90,7 @@ def reset(rt: Runtime, user_id: int, lab_id: int) -> Lab:
             raise NotFound(f"no live lab {lab_id} of user {user_id}")
         activity_id, actor = lab.activity_id, f"user:{user_id}"
         _refuse_if_backend_disabled(session, activity_id)  # before the old lab goes: nothing could replace it
+        launch_gate.check(session, user_id, activity_id, actor)  # likewise
         _request(rt, session, lab, S.DELETING, Move("learner reset the lab", actor))
     return launch(rt, user_id, activity_id, actor)
 
