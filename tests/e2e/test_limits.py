@@ -1,6 +1,7 @@
 """Trust levels in chromium: a lab that opens at trust level 1 refuses a learner with the reason and the
 lab that unlocks it; the learner passes that lab's check with "Check my work" and then gets into it,
-where the lab page shows the hours left of the lab's weekly limit.
+where the lab page shows the hours left of the lab's weekly limit; once they run out, the usage sweep
+suspends the lab and the page says why, with "Resume my lab" disabled.
 
 The instructor launches both links of the emulator's demo course (so LabDesk knows both activities) and
 sets the second one's minimum trust level (and hours per week) in the **Limits** form of its instructor view. The learner comes
@@ -8,7 +9,7 @@ from the LMS emulator (the signed LTI launch), a real `labdesk worker` process b
 backend and runs the check through the `local` grading hook in the lab's home (the fake backend's folder).
 
 Screenshots are saved in the test's tmp_path: limits-saved.png, trust-refused.png, check-passed.png,
-trust-unlocked.png.
+trust-unlocked.png, hours-used.png.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pytest
 from redis import Redis
 from sqlalchemy import select
 
+from broker import usage_limits
 from broker.config import Settings
 from broker.lifecycle import LabState
 from broker.models import Activity, Image
@@ -130,4 +132,19 @@ def test_a_learner_below_the_trust_level_is_told_why_and_gets_in_after_passing_a
     assert re.fullmatch(r"This week you have (5 hours|4 hours 59 minutes) left of this lab's 5 hours; the count starts "
                         r"again on Monday \d+ \w+ at 00:00 UTC\.", hours_left.inner_text()), hours_left.inner_text()
     page.screenshot(path=str(tmp_path / "trust-unlocked.png"), full_page=True)
+
+    # The hours run out (a limit of 3.6 seconds, for the test): the usage sweep suspends the lab, the worker
+    # saves it, and the page says why and until when, with "Resume my lab" disabled.
+    with rt.session() as db:
+        db.scalar(select(Activity).where(Activity.title == GATED)).weekly_hours_limit = 0.001
+        db.commit()
+    page.wait_for_timeout(4000)
+    assert usage_limits.sweep(rt) == 1
+    wait_state(rt, gated_lab, LabState.SUSPENDED, timeout=60)
+    page.get_by_role("button", name="Resume my lab").wait_for(timeout=30000)
+    page.locator("#weekly-limit.banner-warning").wait_for(timeout=15000)
+    assert re.fullmatch(r"You have used your 0\.001 hours of this lab for this week\. It opens again on Monday \d+ \w+ at "
+                        r"00:00 UTC\.", hours_left.inner_text()), hours_left.inner_text()
+    assert page.get_by_role("button", name="Resume my lab").is_disabled()
+    page.screenshot(path=str(tmp_path / "hours-used.png"), full_page=True)
     assert PAGE_ERRORS == []

@@ -170,6 +170,10 @@ class LabPage {
   #renderWeeklyLimit(limit) {
     const line = byId("weekly-limit");
     if (!line) return;
+    const usedUp = Boolean(limit && limit.exhausted); // "Resume" would be refused: the line says until when
+    this.el.resumeButton.disabled = usedUp;
+    if (usedUp) this.el.resumeButton.setAttribute("aria-describedby", "weekly-limit");
+    else this.el.resumeButton.removeAttribute("aria-describedby");
     line.hidden = !limit;
     if (!limit) return;
     setText(line, limit.text);
