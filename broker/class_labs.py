@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import select
 
-from broker import services
+from broker import launch_gate, services
 from broker.errors import InvalidTransition
 from broker.lifecycle import LabState
 from broker.models import ENDED_STATES, Lab
@@ -43,6 +43,7 @@ def reset(rt: Runtime, lab_id: int, actor: str) -> Lab:
         if lab is None or lab.state in ENDED_STATES:
             raise services.NotFound(f"no live lab {lab_id}")
         user_id, activity_id = lab.user_id, lab.activity_id
+        launch_gate.check(session, user_id, activity_id, actor)  # the learner's limits: refused before the lab goes
     services.request_state(rt, lab_id, S.DELETING, actor, "reset by an instructor")
     return services.launch(rt, user_id, activity_id, actor)
 

@@ -9,8 +9,11 @@ Two limits are checked, in this order:
 2. its weekly hours (`broker.usage_limits`): a learner who used them is told when the lab opens again.
 
 A refusal is `broker.services.LaunchRefused`, whose message the web shows the learner as it is (an LTI
-launch, the lab page's Resume and the activity list alike). Instructors of the course are never refused,
-and neither is an instructor or admin acting on a learner's lab (an instructor's reset of it).
+launch, the lab page's Resume and the activity list alike). Instructors of the course are never refused
+for their own labs. A launch on a learner's behalf is judged as the learner's own, whoever asks: an
+instructor's reset of their lab (`broker.class_labs`, checked before the old lab goes) and a class
+session's pre-warm (`broker.class_schedule`), else a pre-warmed lab would hand a learner a lab the gate
+refuses them. Only an admin acting on a learner's lab is let through.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from sqlalchemy.orm import Session
 from broker import trust, usage_limits
 from broker.models import Activity
 
-EXEMPT_ACTORS = ("instructor:", "admin:")
+EXEMPT_ACTORS = ("admin:",)
 
 
 def check(session: Session, user_id: int, activity_id: int, actor: str) -> None:

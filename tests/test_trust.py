@@ -13,7 +13,7 @@ from typing import Any, Callable
 import pytest
 from sqlalchemy import select
 
-from broker import attempts, trust
+from broker import attempts, services, trust
 from broker.clock import utcnow
 from broker.models import Activity, CheckAttempt, Course, Image, Lab, Membership, User
 from broker.runtime import Runtime
@@ -167,6 +167,16 @@ def test_instructors_are_never_refused(
         session.commit()
     opened = teacher.launch(course[GATED])
     assert opened.status_code == 200 and teacher.lab_id(opened)
+
+
+def test_a_launch_on_the_learners_behalf_is_judged_as_theirs(
+    rt: Runtime, world: World, course: dict[str, int], server: LiveServer, learner: Callable[[str], Learner]  # noqa: F811
+) -> None:
+    learner("ada")
+    with pytest.raises(services.LaunchRefused, match=r"^This lab uses scarce GPUs and opens at trust level 2\. You have 0:"):
+        services.launch(rt, user_of(rt, "ada"), course[GATED], "instructor:1")  # a class session's pre-warm, say
+    with rt.session() as session:
+        assert session.scalar(select(Lab.id).where(Lab.activity_id == course[GATED])) is None
 
 
 def test_when_the_course_cannot_raise_the_level_far_enough_the_learner_is_told_to_ask(

@@ -17,7 +17,7 @@ import pytest
 from rq import Queue
 from sqlalchemy import select
 
-from broker import schedule, services, usage_limits
+from broker import class_labs, schedule, services, usage_limits
 from broker.clock import set_clock
 from broker.dispatch import DEFAULT_QUEUE
 from broker.lifecycle import LabState
@@ -169,6 +169,10 @@ def test_a_learner_over_the_limit_cannot_start_a_fresh_lab_by_resetting(
     refused = ada.post(f"/api/labs/{lab_id}/reset", headers={"X-CSRF-Token": ada.csrf_token()})  # "Reset lab…"
     assert refused.status_code == 403 and refused.json() == {"error": "This lab cannot open now", "advice": REFUSAL}
     assert lab_state(rt, lab_id) == "running", "refused before the old lab goes: nothing is lost"
+
+    with pytest.raises(services.LaunchRefused, match=f"^{REFUSAL}$"):  # the instructor's Reset on the course dashboard
+        class_labs.reset(rt, lab_id, "instructor:1")
+    assert lab_state(rt, lab_id) == "running"
 
 
 def test_instructors_have_no_limit_and_activities_without_one_are_left_alone(
