@@ -267,13 +267,13 @@ def all_queues(r: Runtime) -> list[str]:
 @fails_cleanly
 def worker(queues: tuple[str, ...], burst: bool) -> None:
     """Run an rq worker (with its scheduler, which runs retries and polls)."""
-    from rq import Worker
+    from broker.rq_workers import LabDeskWorker
 
     names = list(queues) or all_queues(rt())
     _preload_job_code()
     # Maintenance every 30 s (rq's default is 10 min): a surviving worker then takes over the scheduler
     # lock of a crashed one within about two minutes, so polls and retries do not stall for long.
-    Worker(names, connection=rt().redis, maintenance_interval=30).work(with_scheduler=True, burst=burst)
+    LabDeskWorker(names, connection=rt().redis, maintenance_interval=30).work(with_scheduler=True, burst=burst)
 
 
 def _preload_job_code() -> None:

@@ -1,7 +1,7 @@
 """Running what the queues hold in this process, and a clock the tests can move forward.
 
 Web tests that need a lab to reach `running` take the jobs off the real rq queues with an in-process
-`SimpleWorker` (burst mode), so they exercise exactly what a launch enqueued without the start-up time
+`SimpleWorker` (burst mode; broker.rq_workers.InlineWorker, which stops promptly), so they exercise exactly what a launch enqueued without the start-up time
 of worker processes. The fake backend with no delays finishes each job in one run, without `Retry`.
 """
 
@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from rq import SimpleWorker
 from sqlalchemy import select
 
 from broker.dispatch import DEFAULT_QUEUE
 from broker.models import Backend, Lab
+from broker.rq_workers import InlineWorker
 from broker.runtime import Runtime
 
 
@@ -21,7 +21,7 @@ def run_queued_jobs(rt: Runtime) -> None:
     """Run every job waiting on the default queue and each backend's queue, then return."""
     with rt.session() as session:
         queues = [DEFAULT_QUEUE] + [b.queue_name for b in session.scalars(select(Backend))]
-    SimpleWorker(queues, connection=rt.redis).work(burst=True, with_scheduler=False, logging_level="WARNING")
+    InlineWorker(queues, connection=rt.redis).work(burst=True, with_scheduler=False, logging_level="WARNING")
 
 
 def lab_state(rt: Runtime, lab_id: int) -> str | None:
