@@ -17,14 +17,12 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Iterator
 
 import pytest
-from redis import Redis
 
 from rq import Queue
 from sqlalchemy import select
 
 from broker import schedule
 from broker.clock import utcnow
-from broker.config import Settings
 from broker.dispatch import DEFAULT_QUEUE
 from broker.lifecycle import LabState
 from broker.models import Activity, Lab
@@ -32,7 +30,7 @@ from broker.runtime import Runtime
 from lti.emulator import launches, store
 from tests.support.browser import require_browser
 from tests.support.http import LiveServer
-from tests.support.lms_browser import Person, lms_settings, serve_with_emulator
+from tests.support.lms_browser import Person, serve_with_emulator, settings  # noqa: F401  (fixtures: settings)
 from tests.support.waiting import wait_state, wait_until
 from tests.support.workers import WorkerPool
 from tests.support.browser import browser  # noqa: F401  (a fixture)
@@ -50,11 +48,6 @@ LEARNERS = {"emu-learner-1": "Ada Lovelace", "emu-learner-2": "Alan Turing"}
 def db_url(sqlite_db_url: str) -> str:
     """SQLite only: the embedded default, shared by the web threads and the worker process."""
     return sqlite_db_url
-
-
-@pytest.fixture
-def settings(db_url: str, tmp_path: Path, redis_client: Redis, port: int) -> Settings:
-    return lms_settings(db_url, tmp_path, port)
 
 
 @pytest.fixture

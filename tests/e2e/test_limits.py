@@ -19,18 +19,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 import pytest
-from redis import Redis
 from sqlalchemy import select
 
 from broker import usage_limits
-from broker.config import Settings
 from broker.lifecycle import LabState
 from broker.models import Activity, Image
 from broker.runtime import Runtime
 from lti.emulator import launches, site, store
 from tests.support.browser import browser, require_browser  # noqa: F401  (a fixture)
 from tests.support.http import LiveServer
-from tests.support.lms_browser import lms_settings, serve_with_emulator
+from tests.support.lms_browser import serve_with_emulator, settings  # noqa: F401  (fixtures: settings)
 from tests.support.waiting import wait_state
 from tests.support.workers import WorkerPool
 
@@ -48,11 +46,6 @@ CHECK = {"id": "hello", "title": "Create ~/hello.txt", "builtin": "file-exists",
 def db_url(sqlite_db_url: str) -> str:
     """SQLite only: the embedded default, shared by the web threads and the worker process."""
     return sqlite_db_url
-
-
-@pytest.fixture
-def settings(db_url: str, tmp_path: Path, redis_client: Redis, port: int) -> Settings:
-    return lms_settings(db_url, tmp_path, port)
 
 
 @pytest.fixture

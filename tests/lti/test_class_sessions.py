@@ -10,37 +10,24 @@ from __future__ import annotations
 import html
 import re
 from datetime import timedelta
-from pathlib import Path
 from typing import Iterator
 
 import pytest
 import requests
-from redis import Redis
 from rq import Queue
 from sqlalchemy import select
 
 from broker import clock as broker_clock, schedule
 from broker.clock import utcnow
-from broker.config import Settings
 from broker.dispatch import DEFAULT_QUEUE
 from broker.models import Activity, AuditEvent, ClassSession, Lab, User
 from broker.runtime import Runtime
 from tests.lti.test_course_dashboard import dashboard_path, other_course_teacher, second_link
 from tests.support.http import LiveServer
 from tests.support.inline import Clock, run_queued_jobs
-from tests.support.lms_browser import Person, get, lms_settings, serve_with_emulator
+from tests.support.lms_browser import get, lms, Person, settings  # noqa: F401  (fixtures: settings, lms)
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def settings(db_url: str, tmp_path: Path, redis_client: Redis, port: int) -> Settings:
-    return lms_settings(db_url, tmp_path, port)
-
-
-@pytest.fixture
-def lms(rt: Runtime, port: int, tmp_path: Path) -> Iterator[LiveServer]:
-    yield from serve_with_emulator(rt, port, tmp_path)
 
 
 @pytest.fixture

@@ -11,22 +11,18 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
-from typing import Iterator
 
 import pytest
 import requests
-from redis import Redis
 from sqlalchemy import select
 
-from broker.config import Settings
 from broker.lifecycle import LabState
 from broker.models import AuditEvent, Course, Lab, Membership, User
 from broker.runtime import Runtime
 from lti.emulator import people, store
 from tests.support.http import LiveServer
 from tests.support.inline import lab_state, run_queued_jobs
-from tests.support.lms_browser import Person, get, lms_settings, running_lab, serve_with_emulator
+from tests.support.lms_browser import get, lms, Person, running_lab, settings  # noqa: F401  (fixtures: settings, lms)
 from tests.support.waiting import wait_state
 from tests.support.workers import WorkerPool
 
@@ -35,16 +31,6 @@ pytestmark = pytest.mark.slow
 OTHER_COURSE = "other-course"
 OTHER_TEACHER = people.Person("emu-instructor-2", "Edsger", "Dijkstra", "edsger@example.edu",
                               (people.INSTRUCTOR, people.FACULTY), "instructor")
-
-
-@pytest.fixture
-def settings(db_url: str, tmp_path: Path, redis_client: Redis, port: int) -> Settings:
-    return lms_settings(db_url, tmp_path, port)
-
-
-@pytest.fixture
-def lms(rt: Runtime, port: int, tmp_path: Path) -> Iterator[LiveServer]:
-    yield from serve_with_emulator(rt, port, tmp_path)
 
 
 @pytest.fixture

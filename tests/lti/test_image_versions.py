@@ -2,30 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Iterator
 
 import pytest
-from redis import Redis
 from sqlalchemy import select
 
-from broker.config import Settings
 from broker.models import Activity, Image
 from broker.runtime import Runtime
 from tests.support.http import LiveServer
-from tests.support.lms_browser import Person, lms_settings, serve_with_emulator
+from tests.support.lms_browser import lms, Person, settings  # noqa: F401  (fixtures: settings, lms)
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def settings(db_url: str, tmp_path: Path, redis_client: Redis, port: int) -> Settings:
-    return lms_settings(db_url, tmp_path, port)
-
-
-@pytest.fixture
-def lms(rt: Runtime, port: int, tmp_path: Path) -> Iterator[LiveServer]:
-    yield from serve_with_emulator(rt, port, tmp_path)
 
 
 def test_an_instructor_moves_an_activity_to_a_newer_image_version(lms: LiveServer, rt: Runtime) -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import re
 
+import pytest
 import requests
+from redis import Redis
 
 from pathlib import Path
 from typing import Any, Iterator
@@ -40,6 +42,18 @@ def serve_with_emulator(rt: Runtime, port: int, tmp_path: Path, **backend_config
             db.commit()
     register_with_tool(rt)
     yield from serve(create_app(rt.settings, rt), port)
+
+
+@pytest.fixture
+def settings(db_url: str, tmp_path: Path, redis_client: Redis, port: int) -> Settings:
+    """The test's settings for LabDesk beside the emulator: a module imports this fixture to use it."""
+    return lms_settings(db_url, tmp_path, port)
+
+
+@pytest.fixture
+def lms(rt: Runtime, port: int, tmp_path: Path) -> Iterator[LiveServer]:
+    """The emulator and LabDesk on one port, registered with each other (import it like `settings`)."""
+    yield from serve_with_emulator(rt, port, tmp_path)
 
 
 class Person:

@@ -16,17 +16,15 @@ from typing import Iterator
 
 import pytest
 import requests
-from redis import Redis
 from sqlalchemy import select
 
 from broker.clock import utcnow
-from broker.config import Settings
-from broker.models import Activity, CheckAttempt, Image, Lab, ScoreOutbox
+from broker.models import CheckAttempt, Image, Lab, ScoreOutbox
 from broker.runtime import Runtime
 from lti.emulator import site, store
 from tests.support.http import LiveServer
 from tests.support.inline import run_queued_jobs
-from tests.support.lms_browser import Person, get, lms_settings, running_lab, serve_with_emulator
+from tests.support.lms_browser import get, Person, running_lab, serve_with_emulator, settings  # noqa: F401  (fixtures: settings)
 
 pytestmark = pytest.mark.slow
 
@@ -49,11 +47,6 @@ SPEC = {
 LEARNER_VIEW = {"id", "lab_id", "state", "finished", "trigger", "created_at", "finished_at", "error",
                 "results_hidden_until", "score_given", "score_maximum", "passed", "total", "checks", "url"}
 CHECK_FIELDS = {"id", "title", "state", "feedback", "hint", "seconds"}
-
-
-@pytest.fixture
-def settings(db_url: str, tmp_path: Path, redis_client: Redis, port: int) -> Settings:
-    return lms_settings(db_url, tmp_path, port)
 
 
 @pytest.fixture

@@ -10,15 +10,13 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from redis import Redis
 from sqlalchemy import select
 
-from broker.config import Settings
 from broker.models import Backend, Lab
 from broker.runtime import Runtime
 from broker.tunnel_tokens import TokenMinter
 from tests.support.http import LiveServer
-from tests.support.lms_browser import Person, lms_settings, serve_with_emulator
+from tests.support.lms_browser import Person, serve_with_emulator, settings  # noqa: F401  (fixtures: settings)
 from tests.support.inline import lab_state, run_queued_jobs
 
 pytestmark = pytest.mark.slow
@@ -27,11 +25,6 @@ ENDPOINTS = [
     {"protocol": "vnc", "host": "10.9.8.7", "port": 5901, "password": "pw-XYZ"},
     {"protocol": "ssh", "host": "10.9.8.8", "port": 22, "username": "lab", "password": "pw-XYZ", "name": "server"},
 ]
-
-
-@pytest.fixture
-def settings(db_url: str, tmp_path: Path, redis_client: Redis, port: int) -> Settings:
-    return lms_settings(db_url, tmp_path, port)
 
 
 @pytest.fixture

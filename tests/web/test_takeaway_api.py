@@ -17,25 +17,18 @@ from typing import Iterator
 
 import pytest
 import requests
-from redis import Redis
 from sqlalchemy import select
 
-from broker.config import Settings
 from broker.models import Image, Lab, LabExport
 from broker.runtime import Runtime
 from tests.support.http import LiveServer
 from tests.support.inline import run_queued_jobs
-from tests.support.lms_browser import Person, get, lms_settings, running_lab, serve_with_emulator
+from tests.support.lms_browser import get, Person, running_lab, serve_with_emulator, settings  # noqa: F401  (fixtures: settings)
 from tests.takeaway_support import VAGRANT, vagrant_spec
 
 pytestmark = pytest.mark.slow
 
 NOT_YOURS = {"error": "This lab does not exist or is not yours."}
-
-
-@pytest.fixture
-def settings(db_url: str, tmp_path: Path, redis_client: Redis, port: int) -> Settings:
-    return lms_settings(db_url, tmp_path, port)
 
 
 @pytest.fixture
