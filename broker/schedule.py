@@ -40,12 +40,15 @@ ORPHANS_KEY = "labdesk:orphans:{backend}"
 
 
 def suspend_idle(rt: Runtime) -> int:
-    """Suspend every running lab whose learner has been away longer than its activity allows."""
+    """Suspend every running lab whose learner has been away longer than its activity allows. Labs
+    pre-warmed for a class session are the class schedule's (`broker.class_schedule.release_unused`) until
+    their learner arrives: their learner has not been away, they have not come yet."""
     with rt.session() as session:
         activity.flush(rt.redis, session, rt.settings.leave_grace)
         ids = session.scalars(
             select(Lab.id)
-            .where(Lab.state == S.RUNNING.value, Lab.idle_deadline < utcnow(), Lab.backend_id.in_(_suspendable(session)))
+            .where(Lab.state == S.RUNNING.value, Lab.idle_deadline < utcnow(), Lab.prewarmed_by.is_(None),
+                   Lab.backend_id.in_(_suspendable(session)))
             .limit(rt.settings.sweep_batch)
         ).all()
         moved = transition_many(session, rt.settings, list(ids), S.RUNNING, S.SUSPENDING, Move("learner idle", "sweep"))

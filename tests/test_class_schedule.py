@@ -219,6 +219,7 @@ def test_unused_pre_warmed_labs_are_held_until_class_then_suspended(rt: Runtime,
     came, stayed_away, bookmarked = (labs[klass[f"learner-{n}"]].id for n in (1, 2, 3))
 
     clock.advance(5 * 60)  # past the activity's idle time (120 s), still before class
+    assert schedule.suspend_idle(rt) == 0, "the idle sweep leaves pre-warmed labs to the class schedule, even run first"
     assert class_schedule.release_unused(rt) == 0
     assert schedule.suspend_idle(rt) == 0, "held for the class: nobody is late yet"
     services.launch(rt, klass["learner-1"], world.activity_id, "user:1")  # learner-1 arrives early
