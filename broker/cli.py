@@ -240,6 +240,18 @@ def _reconcile_now(r: Runtime) -> dict[str, dict[str, int]]:
     return {name: schedule.reconcile_backend(r, bid) for name, bid in ids.items()}
 
 
+def _limits_sweep(r: Runtime) -> int:
+    from broker import usage_limits
+
+    return usage_limits.sweep(r)
+
+
+def _class_sweep(r: Runtime) -> dict[str, int]:
+    from broker import class_schedule
+
+    return {"pre-warmed": class_schedule.prewarm_due(r), "let go": class_schedule.release_unused(r)}
+
+
 def _gpu_sweep(r: Runtime) -> int:
     from broker import gpu_queue
 
@@ -251,6 +263,8 @@ sweep.command("reap", help="Delete labs unused too long.")(_sweep_command("delet
 sweep.command("expire", help="Recover or fail labs past their deadline.")(_sweep_command("expired", schedule.expire_stuck))
 sweep.command("reconcile", help="Compare backends with the database.")(_sweep_command("reconciled", _reconcile_now))
 sweep.command("gpus", help="Free GPUs that ended labs hold; start who is next.")(_sweep_command("granted", _gpu_sweep))
+sweep.command("limits", help="Suspend labs whose learner used up their weekly hours.")(_sweep_command("suspended", _limits_sweep))
+sweep.command("classes", help="Pre-warm labs of class sessions due; let go of unused ones.")(_sweep_command("classes", _class_sweep))
 
 
 # -- processes ------------------------------------------------------------------------------------------

@@ -303,6 +303,8 @@ def test_each_sweep_runs_once_and_prints_its_count_as_json(labdesk: Labdesk, rt:
     assert as_json(labdesk("sweep", "expire", "--json")) == {"expired": 1}
     assert as_json(labdesk("sweep", "reap", "--json")) == {"deleting": 1}
     assert as_json(labdesk("sweep", "reconcile", "--json")) == {"reconciled": {"fake": {"orphans_deleted": 0, "vanished": 0}}}
+    assert as_json(labdesk("sweep", "limits", "--json")) == {"suspended": 0}  # no activity has a weekly limit
+    assert as_json(labdesk("sweep", "classes", "--json")) == {"classes": {"pre-warmed": 0, "let go": 0}}
     assert as_json(labdesk("sweep", "suspend", "--json")) == {"suspended": 0}
     assert [lab_state(rt, ids[n]) for n in ("idle", "stuck", "forgotten")] == ["suspending", "provisioning", "deleting"]
     with rt.session() as session:
