@@ -152,13 +152,13 @@ def intervals_in(session: Session, start: datetime, end: datetime) -> Iterator[I
         .where(or_(Lab.state_changed_at >= start, Lab.state.in_(COUNTED)), LabEvent.at < stop)
         .order_by(LabEvent.lab_id, LabEvent.at, LabEvent.id)
     )
-    yield from _intervals(events, start, stop)
+    yield from walk_events(events, start, stop)
 
 
 Event = tuple[int, str, datetime, int, int]  # lab, state entered, when, course, backend
 
 
-def _intervals(events: Iterable[Event], start: datetime, stop: datetime) -> Iterator[Interval]:
+def walk_events(events: Iterable[Event], start: datetime, stop: datetime) -> Iterator[Interval]:
     """Walk each lab's events in order: the state an event enters lasts until the lab's next event, or
     until `stop` after its last one. Events that keep the state (a deadline recovery) continue the stretch."""
     current: Event | None = None

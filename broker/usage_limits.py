@@ -102,7 +102,7 @@ def running_hours(session: Session, start: datetime, stop: datetime, labs: Colum
     owner = {row.lab_id: (row.user_id, row.activity_id) for row in rows}
     events = [(row.lab_id, row.to_state, row.at, row.course_id, row.backend_id) for row in rows]
     totals: dict[tuple[int, int], float] = defaultdict(float)
-    for interval in usage._intervals(events, start, stop):  # the same walk as the admin's usage report
+    for interval in usage.walk_events(events, start, stop):  # the same walk as the admin's usage report
         if interval.state == S.RUNNING.value:
             totals[owner[interval.lab_id]] += interval.hours
     return dict(totals)
