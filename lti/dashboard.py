@@ -17,7 +17,7 @@ from flask import Blueprint, abort, redirect, render_template, request, session,
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from broker import audit, class_labs, class_schedule, class_view, services
+from broker import audit, class_labs, class_schedule, class_view, launch_gate, services
 from broker.clock import utcnow
 from broker.models import ENDED_STATES, Activity, ClassSession, Course, Lab
 from web.context import rt
@@ -129,7 +129,10 @@ def suspend(lab_id: int):  # type: ignore[no-untyped-def]
 @dashboard.post("/teach/labs/<id:lab_id>/reset")
 def reset(lab_id: int):  # type: ignore[no-untyped-def]
     course_id, name = _taught_lab(lab_id)
-    fresh = class_labs.reset(rt(), lab_id, _actor())
+    try:
+        fresh = class_labs.reset(rt(), lab_id, _actor())
+    except services.LaunchRefused:  # the learner's limits refuse a fresh lab: theirs is kept, and we say why
+        return _back(course_id, done="reset-refused", lab=str(lab_id))
     _audit("lab.reset", f"lab:{lab_id}", lab_id, f"reset {name}'s lab; the new lab is {fresh.id}")
     return _back(course_id, done="reset", lab=str(lab_id))
 
@@ -205,8 +208,11 @@ def _notice(db: Session, course_id: int, args: Any) -> str:
     The learner's name is read from the lab, not the query, so a crafted link cannot put words here."""
     lab = db.get(Lab, int(args["lab"])) if args.get("lab", "").isdigit() else None
     learner = (lab.user.name or lab.user.subject) if lab is not None and lab.activity.course_id == course_id else ""
-    if args.get("done") in ("suspend", "reset") and not learner:
+    if args.get("done") in ("suspend", "reset", "reset-refused") and not learner:
         return ""
+    if args.get("done") == "reset-refused" and lab is not None:
+        told = launch_gate.refusal_for(db, lab.user_id, lab.activity_id, f"user:{lab.user_id}") or "(their limits allow it again now)"
+        return f"{learner}'s lab was not reset, and the lab they have is kept: the activity's limits would refuse them a fresh one. They are told: {told}"
     if args.get("done") == "suspend":
         return f"{learner}'s lab is being suspended. It resumes, as it was, when they open it again."
     if args.get("done") == "reset":

@@ -190,6 +190,20 @@ def test_suspend_and_reset_a_learners_lab(grace: Person, rt: Runtime, workers: W
     assert audit_rows(rt)[0].address == "127.0.0.1" and f"the new lab is {fresh.id}" in audit_rows(rt)[1].detail
 
 
+def test_a_reset_the_learners_limits_would_refuse_keeps_their_lab_and_says_why(grace: Person, rt: Runtime) -> None:
+    _, alan_lab = running_lab(rt, "emu-learner-2")
+    with rt.session() as db:
+        db.get(Lab, alan_lab).activity.min_trust_level = 1  # raised after Alan's lab started; nothing unlocks it yet
+        db.commit()
+    path = dashboard_path(rt)
+    refused = posted(grace, f"/teach/labs/{alan_lab}/reset", path)
+    assert refused.status_code == 200 and refused.url.startswith(grace.base + path)
+    assert "Alan Turing&#39;s lab was not reset, and the lab they have is kept" in refused.text
+    assert "trust level 1" in refused.text, "the instructor reads what the learner is told"
+    assert lab_state(rt, alan_lab) == "running"
+    assert [e.action for e in audit_rows(rt)] == [], "nothing was done, so nothing is audited"
+
+
 def test_suspend_all_suspends_only_the_running_labs_of_that_activity(grace: Person, rt: Runtime, workers: WorkerPool) -> None:
     link = second_link(rt)
     _, ada_lab = running_lab(rt, "emu-learner-1")
