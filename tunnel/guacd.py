@@ -137,7 +137,7 @@ async def _expect(
         for index, instruction in enumerate(found):
             if instruction.opcode == "error":
                 message, status = (instruction.args + ("", "515"))[:2]
-                raise HandshakeError(f"guacd: {message}", int(status) if status.isdigit() else 0x0203)
+                raise HandshakeError(f"guacd: {message}", int(status) if status.isascii() and status.isdigit() else 0x0203)
             if instruction.opcode == opcode:
                 return found[index:]
 

@@ -16,6 +16,7 @@ from guacamole.instruction import GuacamoleInstruction
 
 INTERNAL_OPCODE = ""  # the tunnel's own instructions (ping, tunnel id); never forwarded to guacd
 MAX_ELEMENT = 8 * 1024 * 1024  # a longer length prefix is a broken or hostile peer, not data
+MAX_INSTRUCTION = 8 * 1024 * 1024  # characters of one whole instruction, `;` included
 
 
 class ProtocolError(ValueError):
@@ -76,6 +77,7 @@ def _cut_ascii(buffer: bytearray) -> tuple[int, list[str]]:
             InstructionReader._check_length_digits(buffer[position:].decode())
             return last, opcodes
         end = dot + 1 + InstructionReader._length(buffer[position:dot].decode())
+        _check_instruction_size(end + 1 - last)
         if end >= len(buffer):
             return last, opcodes
         if opcode is None:
@@ -100,6 +102,12 @@ def _cut_text(buffer: bytearray) -> tuple[int, list[str]]:
     found = InstructionReader().feed_text(text)
     characters = sum(len(instruction.raw) for instruction in found)
     return len(text[:characters].encode()), [instruction.opcode for instruction in found]
+
+
+def _check_instruction_size(characters: int) -> None:
+    """Refuse an instruction whose announced lengths add up to more than MAX_INSTRUCTION."""
+    if characters > MAX_INSTRUCTION:
+        raise ProtocolError(f"instruction of more than {MAX_INSTRUCTION} characters is too long")
 
 
 class InstructionReader:
@@ -149,6 +157,7 @@ class InstructionReader:
                 return None
             length = self._length(buffer[self._scan:dot])
             end = dot + 1 + length
+            _check_instruction_size(end + 1 - self._start)
             if end >= len(buffer):
                 return None
             self._elements.append(buffer[dot + 1:end])

@@ -70,7 +70,7 @@ async def _browser_to_guacd(browser: Browser, guacd: GuacdConnection, read_only:
     reader = InstructionReader()
     while True:
         message = await browser.recv()
-        text = message if isinstance(message, str) else message.decode("utf-8")
+        text = message if isinstance(message, str) else _text(message)
         forward = []
         for instruction in reader.feed_text(text):
             if instruction.opcode == INTERNAL_OPCODE:
@@ -83,6 +83,14 @@ async def _browser_to_guacd(browser: Browser, guacd: GuacdConnection, read_only:
             guacd.writer.write("".join(forward).encode())
             if guacd.writer.transport.get_write_buffer_size() > MAX_QUEUED:
                 await guacd.writer.drain()
+
+
+def _text(message: bytes) -> str:
+    """A binary frame from the browser must still be UTF-8 Guacamole text."""
+    try:
+        return message.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProtocolError(f"not UTF-8: {exc}") from None
 
 
 async def _answer_internal(browser: Browser, args: tuple[str, ...]) -> None:
