@@ -6,13 +6,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import click
 from flask import Flask
 from flask.cli import FlaskGroup, NoAppException
 
-from broker import runtime
+from broker import doctor, runtime
 from broker.activity import SignalBuffer
 from broker.cli import COMMANDS
 from broker.config import Settings, load_settings
@@ -35,8 +36,10 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 import lti.web
 from lti.cli import keys, platforms
+from lti.doctor_checks import lti_checks
 from lti.grades_cli import grades
 from tunnel.cli import tunnel
+from tunnel.hosts import parse_address, probe
 
 
 def create_app(settings: Settings | None = None, rt: Runtime | None = None) -> Flask:
@@ -92,6 +95,15 @@ def cli() -> None:
 
 for _command in (*COMMANDS, platforms, keys, grades, tunnel):
     cli.add_command(_command)
+
+
+def _guacd_answers(host: str, timeout: float) -> bool:
+    """The tunnel's own guacd probe (a real `select`, expecting `args`), for `labdesk doctor`."""
+    return asyncio.run(probe(parse_address(host), timeout))
+
+
+doctor.add_checks(lambda context: doctor.guacd_checks(context, _guacd_answers))
+doctor.add_checks(lti_checks)
 
 
 if __name__ == "__main__":

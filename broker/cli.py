@@ -370,6 +370,8 @@ from broker.cli_images import images_group  # noqa: E402  (built on the helpers 
 from broker.cli_gpus import gpus_group, watch  # noqa: E402
 from broker.cli_boxes import boxes_group  # noqa: E402
 from broker.cli_admins import admins_group  # noqa: E402
+from broker.doctor import doctor_command  # noqa: E402
 import broker.cli_backend_ops  # noqa: E402,F401  (adds edit|enable|disable|remove|drain|undrain|capacity|price|status to `backends`)
 
-COMMANDS = [db, labs, backends, sweep, worker, scheduler, run_all, demo, images_group, gpus_group, watch, boxes_group, admins_group]
+COMMANDS = [db, labs, backends, sweep, worker, scheduler, run_all, demo, images_group, gpus_group, watch, boxes_group, admins_group,
+            doctor_command]
