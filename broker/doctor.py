@@ -14,6 +14,7 @@ protocol probe. See docs/operations.md, "labdesk doctor".
 from __future__ import annotations
 
 import enum
+import json
 import math
 import os
 import socket
@@ -47,6 +48,7 @@ from broker.runtime import Runtime
 from broker.secrets import Vault
 
 DEFAULT_TIMEOUT = 5.0
+BROKEN = "the reason says what broke; the other checks still ran"
 
 
 class Status(enum.Enum):
@@ -123,15 +125,14 @@ def add_checks(source: CheckSource) -> None:
 # -- running --------------------------------------------------------------------------------------------
 def run_checks(checks: Sequence[Check], failed: frozenset[str] = frozenset()) -> list[Result]:
     """Run every check at once, each bounded by its own timeout; results in the checks' order."""
-    started = [_start(check) for check in checks if not set(check.needs) & failed]
-    by_name = {id(check): box for check, box in started}
+    boxes = {id(check): _start(check) for check in checks if not set(check.needs) & failed}
     results: list[Result] = []
     for check in checks:
         missing = [need for need in check.needs if need in failed]
         if missing:
             results.append(skip(check.name, f"needs the {missing[0]}, which failed above"))
             continue
-        results += _finish(check, by_name[id(check)])
+        results += _finish(check, boxes[id(check)])
     return results
 
 
@@ -142,7 +143,7 @@ class _Box:
     results: list[Result] | None = None
 
 
-def _start(check: Check) -> tuple[Check, _Box]:
+def _start(check: Check) -> _Box:
     box = _Box(deadline=time.monotonic() + check.timeout)
 
     def target() -> None:
@@ -150,12 +151,12 @@ def _start(check: Check) -> tuple[Check, _Box]:
             outcome = check.run()
             box.results = outcome if isinstance(outcome, list) else [outcome]
         except Exception as exc:  # noqa: BLE001 - a check that breaks is a failed check, not a crashed doctor
-            box.results = [fail(check.name, f"the check itself failed: {first_line(exc)}", check.if_slow)]
+            box.results = [fail(check.name, f"the check itself failed: {first_line(exc)}", BROKEN)]
 
     # A daemon thread: a check still hanging when the command ends must not keep the process alive.
     box.thread = threading.Thread(target=target, name=f"doctor {check.name}", daemon=True)
     box.thread.start()
-    return check, box
+    return box
 
 
 def _finish(check: Check, box: _Box) -> list[Result]:
@@ -178,8 +179,8 @@ def diagnose(timeout: float = DEFAULT_TIMEOUT, environ: Mapping[str, str] | None
         return results + [skip("other checks", "they need a configuration that loads")]
     try:
         rt = Runtime(settings, redis=Redis.from_url(settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout))
-    except (ConfigError, OSError) as exc:
-        return results + [fail("config", f"cannot open the keys: {first_line(exc)}", "fix encryption_keys or data_dir's key files")]
+    except (ConfigError, OSError, ImportError, SQLAlchemyError) as exc:
+        return results + [fail("config", f"cannot start: {first_line(exc)}", "fix the setting it names (docs/configuration.md)")]
     try:
         first = run_checks([
             Check("database", lambda: check_database(settings, timeout), timeout,
@@ -227,14 +228,14 @@ def _config_file(environ: Mapping[str, str]) -> Path | None:
 def _bad_values(settings: Settings) -> list[Result]:
     """Values load_settings accepts as strings but nothing can use; each names its key."""
     problems: list[Result] = []
+    # URLs may carry a password: these two lines never repeat the value.
     try:
-        make_url(settings.sqlalchemy_url)
-    except ArgumentError:
-        problems.append(fail("config", f"database_url: not a database URL: {settings.database_url!r}",
+        make_url(settings.sqlalchemy_url).get_dialect()
+    except ArgumentError:  # NoSuchModuleError too: a dialect or driver SQLAlchemy does not know
+        problems.append(fail("config", "database_url: not a database URL SQLAlchemy can use",
                              "set e.g. postgresql+psycopg://labdesk@db/labdesk"))
     if not settings.redis_url.startswith(("redis://", "rediss://", "unix://")):
-        problems.append(fail("config", f"redis_url: expected redis://, rediss:// or unix://, got {settings.redis_url!r}",
-                             "set e.g. redis://redis:6379/0"))
+        problems.append(fail("config", "redis_url: expected a redis://, rediss:// or unix:// URL", "set e.g. redis://redis:6379/0"))
     if not settings.public_url.startswith(("http://", "https://")):
         problems.append(fail("config", f"public_url: expected an https:// URL, got {settings.public_url!r}",
                              "set the address learners reach LabDesk at, e.g. https://labs.example.edu"))
@@ -497,8 +498,6 @@ def check_guacd(host: str, answers: GuacdProbe, timeout: float, report: guacd_st
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 def doctor_command(timeout: float, as_json: bool) -> None:
     """Check configuration, database, Redis, workers, backends, guacd and LTI; exit 1 if any check fails."""
-    import json
-
     results = diagnose(timeout)
     if as_json:
         click.echo(json.dumps([r.as_dict() for r in results], indent=2))
@@ -511,6 +510,7 @@ def doctor_command(timeout: float, as_json: bool) -> None:
 
 
 def summary(results: Sequence[Result]) -> str:
+    """`2 failed, 1 warning, 9 ok, 0 skipped`: the last line of the report."""
     counts = {status: sum(1 for r in results if r.status is status) for status in Status}
-    return ", ".join(f"{counts[s]} {label}" for s, label in
-                     ((Status.FAIL, "failed"), (Status.WARN, "warnings"), (Status.OK, "ok"), (Status.SKIP, "skipped")))
+    warnings = "1 warning" if counts[Status.WARN] == 1 else f"{counts[Status.WARN]} warnings"
+    return f"{counts[Status.FAIL]} failed, {warnings}, {counts[Status.OK]} ok, {counts[Status.SKIP]} skipped"
