@@ -31,6 +31,7 @@ from redis import Redis
 
 from broker.config import ENV_PREFIX, Settings, load_settings
 from broker.dispatch import JOB_TIMEOUT
+from tests.support.guacd_double import GuacdDouble
 from tests.support.http import free_port
 from tests.support.processes import stop_process
 from tests.support.services import REDIS_URL
@@ -335,6 +336,29 @@ def test_gunicorn_as_deployed_serves_healthz_on_postgresql_and_redis(web: str, d
     assert list((tmp_path / "state").iterdir()) == []  # with the secrets set, nothing is written to data_dir
     closed = probe(deploy_env, "http", f"http://127.0.0.1:{free_port()}/healthz")
     assert closed.returncode == 1 and closed.stderr.startswith("unhealthy: ")
+
+
+def test_tunnel_as_deployed_is_healthy_while_its_guacd_answers(deploy_env: dict[str, str], tmp_path: Path) -> None:
+    """compose's tunnel command line and health check, with a guacd that speaks the real protocol: healthy
+    while it answers, unhealthy (503) once it is gone, so the proxy or Service stops sending learners there."""
+    port = free_port()
+    argv = [f"127.0.0.1:{port}" if a == "0.0.0.0:8001" else a for a in compose()["services"]["tunnel"]["command"]]
+    assert f"127.0.0.1:{port}" in argv
+    guacd = GuacdDouble().start()
+    env = {**deploy_env, "LABDESK_GUACD_HOSTS": "{}:{}".format(*guacd.address), "LABDESK_GUACD_CHECK_INTERVAL": "1"}
+    process = start([str(BIN / argv[0]), *argv[1:]], env, tmp_path / "tunnel.log")
+    url = f"http://127.0.0.1:{port}/healthz"
+    try:
+        wait_until(lambda: process.poll() is not None or probe(env, "http", url).returncode == 0,
+                   timeout=60, interval=0.5, what="the tunnel's health check to pass")
+        assert process.poll() is None, (tmp_path / "tunnel.log").read_text()
+        guacd.stop()
+        down = wait_until(lambda: (r := probe(env, "http", url)).returncode == 1 and r, timeout=30, interval=0.5,
+                          what="the tunnel to report its guacd down")
+        assert "answered 503" in down.stderr
+    finally:
+        stop_process(process)
+        guacd.stop()
 
 
 def test_worker_and_scheduler_probes_follow_their_processes(deploy_env: dict[str, str], tmp_path: Path) -> None:
