@@ -451,24 +451,23 @@ GuacdProbe = Callable[[str, float], bool]
 
 def guacd_checks(context: Context, answers: GuacdProbe) -> list[Check]:
     """One check per guacd host; `answers` is the tunnel's protocol probe (a `select`, expecting `args`)."""
-    reports = _tunnel_reports(context)
     return [
         # The probe has `timeout` for the protocol itself; the check's own bound leaves it time to say so.
-        Check(f"guacd {host}", lambda host=host: check_guacd(host, answers, context.timeout, reports.get(host)), 2 * context.timeout + 1,
-              if_slow="guacd accepts connections but does not answer: restart it")
+        Check(f"guacd {host}", lambda host=host: check_guacd(host, answers, context.timeout, _tunnel_report(context, host)),
+              2 * context.timeout + 1, if_slow="guacd accepts connections but does not answer: restart it")
         for host in context.settings.guacd_hosts
     ]
 
 
-def _tunnel_reports(context: Context) -> dict[str, guacd_status.GuacdStatus]:
-    """What the tunnel processes last found about each guacd (nothing when Redis failed)."""
+def _tunnel_report(context: Context, host: str) -> guacd_status.GuacdStatus | None:
+    """What the tunnel processes last found about this guacd (nothing when Redis failed)."""
     if "redis" in context.failed:
-        return {}
+        return None
     try:
-        statuses, _ = guacd_status.guacd_status(context.rt.redis, context.settings.guacd_hosts, context.settings.guacd_check_interval)
+        statuses, _ = guacd_status.guacd_status(context.rt.redis, (host,), context.settings.guacd_check_interval)
     except RedisError:
-        return {}
-    return {status.address: status for status in statuses}
+        return None
+    return statuses[0]
 
 
 def check_guacd(host: str, answers: GuacdProbe, timeout: float, report: guacd_status.GuacdStatus | None = None) -> Result:

@@ -1,18 +1,20 @@
 """`labdesk doctor` as an operator runs it: every check OK on a ready stack (PostgreSQL, Redis, a real
-worker and scheduler, the guacd double, the fake backend, a registered LMS), and each failure the way it
-reads on their screen: the database behind (or ahead of) the code, Redis down, a guacd that is a closed
-port, one that answers garbage and one that says nothing, a backend that is down, a bad setting.
+worker, scheduler and tunnel, the guacd double, the fake backend, a registered LMS), and each failure the
+way it reads on their screen: the database behind (or ahead of) the code, Redis down, a guacd that is a
+closed port, one that answers garbage, one that says nothing and one the tunnel processes cannot reach, a
+backend that is down, a bad setting, demo settings that only warn.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 from alembic.script import ScriptDirectory
@@ -20,7 +22,7 @@ from click.testing import Result as CliResult
 from cryptography.fernet import Fernet
 from sqlalchemy import text, update
 
-from broker import doctor, migrate
+from broker import doctor, guacd_status, migrate
 from broker.db import engine_for
 from broker.models import Backend
 from broker.runtime import Runtime
@@ -30,6 +32,7 @@ from tests.support.guacd_double import GuacdDouble
 from tests.support.http import free_port
 from tests.support.processes import stop_process
 from tests.support.services import create_pg_database, drop_pg_database
+from tests.support.tunnel import TunnelProcess
 from tests.support.waiting import wait_until
 from tests.support.workers import ROOT, WorkerPool, settings_env
 from tests.support.world import World
@@ -92,11 +95,38 @@ def scheduler(rt: Runtime, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
         log.close()
 
 
+def reported(rt: Runtime, host: str) -> guacd_status.GuacdStatus:
+    """This guacd as the tunnel processes report it, once one has."""
+    def status() -> guacd_status.GuacdStatus:
+        return guacd_status.guacd_status(rt.redis, (host,), rt.settings.guacd_check_interval)[0][0]
+
+    wait_until(lambda: status().reporting, what=f"a tunnel process to report on guacd {host}")
+    return status()
+
+
+@pytest.fixture
+def tunnel(rt: Runtime, tmp_path: Path) -> Iterator[Callable[[str], TunnelProcess]]:
+    """Start a real `labdesk tunnel` relaying to the guacd hosts given (it checks them at start, then every minute)."""
+    started: list[TunnelProcess] = []
+
+    def start(hosts: str) -> TunnelProcess:
+        settings = dataclasses.replace(rt.settings, guacd_hosts=tuple(hosts.split(",")), guacd_check_interval=60)
+        started.append(TunnelProcess(settings, tmp_path, free_port()).start())
+        return started[-1]
+
+    yield start
+    for process in started:
+        process.stop()
+
+
 def test_a_ready_stack_is_all_ok(labdesk: Labdesk, rt: Runtime, world: World, workers: WorkerPool,
-                                 scheduler: subprocess.Popen[bytes], guacd: str, tmp_path: Path) -> None:
+                                 scheduler: subprocess.Popen[bytes], tunnel: Callable[[str], TunnelProcess],
+                                 guacd: str, tmp_path: Path) -> None:
     register_lms(rt)
     workers.start()
+    tunnel(guacd)
     wait_until(lambda: rt.redis.scard("rq:workers"), what="the worker to register")
+    assert reported(rt, guacd).up_in == 1
 
     result = labdesk("doctor", LABDESK_GUACD_HOSTS=guacd, **PRODUCTION)
     assert result.exit_code == 0, result.output
@@ -107,6 +137,7 @@ def test_a_ready_stack_is_all_ok(labdesk: Labdesk, rt: Runtime, world: World, wo
     assert result.stdout.splitlines()[-1] == "0 failed, 0 warnings, 10 ok, 0 skipped"
     assert "schema at the newest migration" in shown["database"]
     assert "1 worker serves it" in shown["queue labdesk-backend-fake"]
+    assert shown[f"guacd {guacd}"].endswith("answers the Guacamole protocol; 1 of 1 tunnel processes reach it, 0 sessions")
 
     # The same from the console entry point, as a script reads it: exit status 0 and every check "ok".
     env = {**settings_env(rt.settings), **PRODUCTION, "LABDESK_GUACD_HOSTS": guacd}
@@ -196,6 +227,66 @@ def test_guacd_hosts_that_are_closed_talk_garbage_or_stay_silent_fail_each_with_
     not_guacd = "accepts connections but does not speak the Guacamole protocol (no `args` in answer to `select`)"
     assert shown[f"guacd {garbage.address}"] == f"FAIL  guacd {garbage.address}: {not_guacd} -> make guacd_hosts name guacd's port (4822), or restart guacd"
     assert shown[f"guacd {silent.address}"].startswith(f"FAIL  guacd {silent.address}: {not_guacd}")
+
+
+class Switch:
+    """A loopback port that answers garbage until `relay()`, then forwards every connection to `target`:
+    a guacd that came up after the tunnel process last looked, or one the tunnel's network cannot reach."""
+
+    def __init__(self, target: str) -> None:
+        host, _, port = target.rpartition(":")
+        self.target = (host, int(port))
+        self.relaying = False
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def relay(self) -> None:
+        self.relaying = True
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if not self.relaying:
+                with client:
+                    client.sendall(b"garbage;")
+                continue
+            upstream = socket.create_connection(self.target)
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass  # the other direction ended first and closed both
+        finally:
+            source.close()
+            sink.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_a_guacd_the_tunnel_processes_do_not_reach_warns(labdesk: Labdesk, rt: Runtime, world: World,
+                                                         tunnel: Callable[[str], TunnelProcess], guacd: str) -> None:
+    switch = Switch(guacd)
+    try:
+        tunnel(switch.address)
+        assert reported(rt, switch.address).up_in == 0  # the tunnel found no guacd there
+        switch.relay()
+        result = labdesk("doctor", "--json", LABDESK_GUACD_HOSTS=switch.address, **PRODUCTION)
+    finally:
+        switch.close()
+    found = report(result)[f"guacd {switch.address}"]
+    assert found == {"check": f"guacd {switch.address}", "status": "warn",
+                     "reason": "answers the Guacamole protocol here, but only 0 of 1 tunnel processes reach it, 0 sessions",
+                     "action": "check the network between the tunnel hosts and guacd"}
 
 
 def test_a_backend_that_is_down_fails_and_a_disabled_one_is_skipped(labdesk: Labdesk, rt: Runtime, world: World, guacd: str) -> None:
