@@ -259,6 +259,32 @@ def test_no_secret_value_is_committed() -> None:
     assert {"**/.env", "var", "labdesk.toml", ".venv"} <= set(dockerignore)
 
 
+def test_the_image_build_context_keeps_the_code_and_leaves_out_local_state_and_secrets() -> None:
+    """deploy/Dockerfile.dockerignore, read as Docker reads it (a path is out when it or a parent matches),
+    over the files git has and the local files a developer's checkout holds."""
+    patterns = [line for line in (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+    needed = ["app.py", "pyproject.toml", "package.json", "package-lock.json", "migrations/env.py",
+              "deploy/healthcheck.py", "broker/config.py", "web/templates/lab.html", "lti/web.py", "tunnel/server.py"]
+    assert all((ROOT / path).exists() for path in needed)
+    kept_out = [".env", "deploy/.env", "var/secret.key", "var/encryption.key", "labdesk.toml", ".venv/bin/python",
+                "node_modules/guacamole-common-js/package.json", "deploy/secrets/db", "broker/__pycache__/x.pyc", "keys/tool.pem"]
+    assert [p for p in needed if _docker_ignores(patterns, p)] == []
+    assert [p for p in kept_out if not _docker_ignores(patterns, p)] == []
+
+
+def _docker_ignores(patterns: list[str], path: str) -> bool:
+    parts = path.split("/")
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    return any(_docker_pattern(p).fullmatch(prefix) for p in patterns for prefix in prefixes)
+
+
+def _docker_pattern(pattern: str) -> re.Pattern[str]:
+    """Docker's ignore syntax: `*` and `?` stay within one path element, `**/` spans any number of them."""
+    regex = re.escape(pattern).replace(r"\*\*/", "(?:.*/)?").replace(r"\*", "[^/]*").replace(r"\?", "[^/]")
+    return re.compile(regex)
+
+
 def _env_file(path: Path) -> dict[str, str]:
     lines = [line.lstrip("# ").strip() for line in path.read_text().splitlines()]
     return dict(line.split("=", 1) for line in lines if re.fullmatch(r"[A-Z_]+=\S*", line))
