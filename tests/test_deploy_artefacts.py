@@ -34,7 +34,7 @@ from broker.dispatch import JOB_TIMEOUT
 from tests.support.guacd_double import GuacdDouble
 from tests.support.http import free_port
 from tests.support.processes import stop_process
-from tests.support.services import REDIS_URL
+from tests.support.services import REDIS_URL, create_pg_database, drop_pg_database
 from tests.support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -325,6 +325,25 @@ def test_docker_compose_accepts_the_compose_file() -> None:
 
 
 # -- the processes, for real ------------------------------------------------------------------------------
+def test_the_migration_as_deployed_brings_an_empty_database_to_head_and_may_run_again(
+        deploy_env: dict[str, str], tmp_path: Path) -> None:
+    """compose's one-shot `migrate` (the Kubernetes Job and labdesk-migrate.service run the same) on a fresh
+    PostgreSQL database; running it again at the next upgrade is harmless."""
+    argv = compose()["services"]["migrate"]["command"]
+    url = create_pg_database()
+    try:
+        env = {**deploy_env, "LABDESK_DATABASE_URL": url}
+        for _ in range(2):
+            done = subprocess.run([str(BIN / argv[0]), *argv[1:]], cwd=ROOT, env=env, capture_output=True,
+                                  text=True, timeout=120)
+            assert done.returncode == 0 and "database is up to date" in done.stdout, done.stderr
+        check = subprocess.run([str(BIN / "labdesk"), "db", "check"], cwd=ROOT, env=env, capture_output=True,
+                               text=True, timeout=120)
+        assert check.returncode == 0, check.stderr
+    finally:
+        drop_pg_database(url)
+
+
 @pytest.fixture
 def web(deploy_env: dict[str, str], tmp_path: Path) -> Iterator[str]:
     """gunicorn with compose's command line (only the bind address moved to a free loopback port)."""
