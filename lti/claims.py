@@ -51,15 +51,22 @@ class DeepLinkSettings:
 
     @classmethod
     def of(cls, claim: dict[str, Any]) -> "DeepLinkSettings":
+        types = claim.get("accept_types")
+        title = claim.get("title")
         return cls(
             return_url=claim["deep_link_return_url"],
-            accept_types=tuple(claim.get("accept_types") or ()),
-            accept_multiple=bool(claim.get("accept_multiple", False)),
+            accept_types=tuple(t for t in types if isinstance(t, str)) if isinstance(types, list) else (),
+            accept_multiple=_flag(claim.get("accept_multiple"), False),
             # The spec makes accept_lineitem optional; absent means the platform did not say no.
-            accept_lineitem=bool(claim.get("accept_lineitem", True)),
-            data=claim.get("data"),
-            title=claim.get("title", ""),
+            accept_lineitem=_flag(claim.get("accept_lineitem"), True),
+            data=claim.get("data"),  # opaque: handed back to the platform exactly as it came
+            title=title[:255] if isinstance(title, str) else "",
         )
+
+
+def _flag(value: Any, default: bool) -> bool:
+    """A boolean claim; anything but true or false (a string "false" included) is the default."""
+    return value if isinstance(value, bool) else default
 
 
 @dataclass(frozen=True)

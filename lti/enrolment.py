@@ -94,7 +94,7 @@ def _whole(value: Any, default: int) -> int:
 
 def _image(session: Session, slug: str, version: str) -> Image | None:
     query = select(Image).where(Image.slug == slug)
-    if version.isdigit():
+    if version.isascii() and version.isdigit() and len(version) <= 9:  # "²" is a digit; 10 digits overflow INTEGER
         query = query.where(Image.version == int(version))
     return session.scalar(query.order_by(Image.version.desc()).limit(1)) if slug else None
 

@@ -18,6 +18,9 @@ from lti.platform_keys import KeySetError, PlatformKeys
 from lti.platforms import PlatformInfo
 
 
+MAX_KID = 256
+
+
 class LaunchRejected(Exception):
     """A launch LabDesk refuses. `code` names the check (logs, tests); `reason` is for the person."""
 
@@ -60,17 +63,19 @@ def _header(token: str) -> dict[str, Any]:
     except jwt.PyJWTError:
         raise LaunchRejected("token", "The launch token is not a JSON Web Token.") from None
     if header.get("alg") != "RS256":
-        raise LaunchRejected("algorithm", f"The launch is signed with {header.get('alg')!r}; LTI requires RS256.", 401)
+        raise LaunchRejected("algorithm", f"The launch is signed with {_shown(header.get('alg'))}; LTI requires RS256.", 401)
     return header
 
 
 def _key(keys: PlatformKeys, platform: PlatformInfo, kid: str | None) -> Any:
+    if kid is not None and len(kid) > MAX_KID:  # no platform names its keys so; not worth a JWKS fetch
+        raise LaunchRejected("kid", f"The launch names a key id of {len(kid)} characters; LabDesk reads at most {MAX_KID}.", 401)
     try:
         key = keys.key(platform.key_set_url, kid)
     except KeySetError as exc:
         raise LaunchRejected("keyset", f"The LMS's public keys could not be read ({exc}).", 502) from None
     if key is None:
-        raise LaunchRejected("kid", f"The LMS does not publish the key ({kid!r}) this launch was signed with.", 401)
+        raise LaunchRejected("kid", f"The LMS does not publish the key ({_shown(kid)}) this launch was signed with.", 401)
     return key
 
 
@@ -89,23 +94,67 @@ def _check_age(payload: dict[str, Any], leeway: int, max_age: int) -> None:
 
 
 def check_message(payload: dict[str, Any]) -> None:
-    """The LTI claims every launch LabDesk handles must carry."""
+    """The LTI claims every launch LabDesk handles must carry, in the shapes the spec gives them: a
+    platform that sends a list where an object belongs gets a named refusal, never a failed request."""
     if payload.get(C.VERSION) != "1.3.0":
-        raise LaunchRejected("version", f"LTI version {payload.get(C.VERSION)!r} is not supported; 1.3.0 is.")
+        raise LaunchRejected("version", f"LTI version {_shown(payload.get(C.VERSION))} is not supported; 1.3.0 is.")
     message_type = payload.get(C.MESSAGE_TYPE)
     if message_type not in C.MESSAGE_TYPES:
-        raise LaunchRejected("message_type", f"LabDesk does not handle {message_type!r} messages.")
+        raise LaunchRejected("message_type", f"LabDesk does not handle {_shown(message_type)} messages.")
     required = [C.DEPLOYMENT_ID, C.ROLES, "sub"]
     if message_type == C.RESOURCE_LINK_REQUEST:
         required += [C.RESOURCE_LINK, C.TARGET_LINK_URI]
     else:
         required += [C.DL_SETTINGS]
     for name in required:
-        if name not in payload:
-            raise LaunchRejected("claims", f"The launch lacks the required claim '{name.rsplit('/', 1)[-1]}'.")
-    if message_type == C.RESOURCE_LINK_REQUEST and not str(payload[C.RESOURCE_LINK].get("id", "")):
-        raise LaunchRejected("claims", "The launch's resource link has no id.")
-    if message_type == C.DEEP_LINKING_REQUEST and not payload[C.DL_SETTINGS].get("deep_link_return_url"):
-        raise LaunchRejected("claims", "The deep-linking request has no return URL.")
+        if payload.get(name) is None:
+            raise LaunchRejected("claims", f"The launch lacks the required claim '{_short(name)}'.")
+    for name in OBJECT_CLAIMS:
+        if payload.get(name) is not None and not isinstance(payload[name], dict):
+            raise LaunchRejected("claims", f"The launch's '{_short(name)}' claim is not a JSON object.")
     if not isinstance(payload[C.ROLES], list):
         raise LaunchRejected("claims", "The launch's roles claim is not a list.")
+    _check_identifiers(payload, message_type)
+    if message_type == C.DEEP_LINKING_REQUEST:
+        return_url = payload[C.DL_SETTINGS].get("deep_link_return_url")
+        if not isinstance(return_url, str) or not return_url.startswith(("https://", "http://")):
+            raise LaunchRejected("claims", "The deep-linking request has no return URL.")
+
+
+# Claims that are JSON objects when present; the identifiers LabDesk stores, and their limit (the spec's
+# and the database's: 255 characters).
+OBJECT_CLAIMS = (C.RESOURCE_LINK, C.CONTEXT, C.CUSTOM, C.AGS, C.NRPS, C.LAUNCH_PRESENTATION, C.DL_SETTINGS, C.TOOL_PLATFORM)
+MAX_IDENTIFIER = 255
+
+
+def _check_identifiers(payload: dict[str, Any], message_type: str) -> None:
+    """`sub`, the deployment id and the resource link id (and a context id when there is one) name rows:
+    strings (or numbers, which some platforms send) of 1 to 255 characters, never cut to fit."""
+    found = [("sub", payload["sub"]), ("deployment_id", payload[C.DEPLOYMENT_ID])]
+    if message_type == C.RESOURCE_LINK_REQUEST:
+        found.append(("resource link id", payload[C.RESOURCE_LINK].get("id")))
+    context = payload.get(C.CONTEXT)
+    if context and context.get("id") not in (None, ""):
+        found.append(("context id", context["id"]))
+    for name, value in found:
+        if identifier(value) is None:
+            raise LaunchRejected("claims", f"The launch's {name} is not a string of 1 to {MAX_IDENTIFIER} characters.")
+
+
+def identifier(value: Any) -> str | None:
+    """`value` as the identifier LabDesk stores, or None when it cannot be one."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not value.strip() or len(value) > MAX_IDENTIFIER or "\x00" in value:
+        return None
+    return value
+
+
+def _short(claim: str) -> str:
+    return claim.rsplit("/", 1)[-1]
+
+
+def _shown(value: Any) -> str:
+    """A claim's value quoted in a refusal, short whatever the platform sent."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."

@@ -19,7 +19,7 @@ from lti import claims as C
 from lti import handoff, keys, login_state, platforms
 from lti.claims import DeepLinkSettings, Launch
 from lti.enrolment import LinkNotConfigured, activity_for, record
-from lti.idtoken import LaunchRejected, check_message, verify
+from lti.idtoken import LaunchRejected, check_message, identifier, verify
 from lti.platform_keys import PlatformKeys
 from lti.roles import is_test_user, view_for
 from web.context import remember_lab, rt
@@ -27,6 +27,10 @@ from web.context import remember_lab, rt
 log = logging.getLogger(__name__)
 launch_pages = Blueprint("lti", __name__, template_folder="templates")
 LOGIN_PARAMS = ("iss", "login_hint", "target_link_uri", "lti_message_hint", "client_id", "lti_deployment_id")
+# Longer login parameters are refused: they go back out in the redirect's Location header, which proxies
+# cap at a few kB (nginx answers 502 beyond its 4-8 kB header buffer). Canvas' JWT message hints are ~1.5 kB.
+MAX_LOGIN_PARAM = 4096
+MAX_URL = 1024  # the service URLs' columns (lti.models.LinkServices)
 
 
 @launch_pages.get("/lti/jwks")
@@ -58,12 +62,23 @@ def _login_platform(params: dict[str, str]) -> platforms.PlatformInfo:
     for name in ("iss", "login_hint", "target_link_uri"):
         if not params[name]:
             raise LaunchRejected("login_params", f"The LMS did not send '{name}' when starting the login.")
+    for name, value in params.items():
+        if len(value) > MAX_LOGIN_PARAM or "\x00" in value:
+            raise LaunchRejected("login_params", f"The LMS sent a '{name}' longer than {MAX_LOGIN_PARAM} characters or holding a NUL.")
     platform = platforms.find(rt(), params["iss"], params["client_id"] or None)
     if platform is None:
         raise LaunchRejected("unknown_platform", "This LMS is not registered with LabDesk. Ask your LabDesk administrator to add it.")
-    if urlsplit(params["target_link_uri"]).netloc != urlsplit(rt().settings.public_url).netloc:
+    if _netloc(params["target_link_uri"]) != urlsplit(rt().settings.public_url).netloc:
         raise LaunchRejected("target_link_uri", "The link points at another site than this LabDesk.")
     return platform
+
+
+def _netloc(url: str) -> str | None:
+    """The host (and port) of `url`; None for what is not a URL (`http://[` has no readable host)."""
+    try:
+        return urlsplit(url).netloc
+    except ValueError:
+        return None
 
 
 def _auth_params(platform: platforms.PlatformInfo, params: dict[str, str], state: str, nonce: str) -> dict[str, str]:
@@ -150,28 +165,52 @@ def _check_deployment(platform: platforms.PlatformInfo, deployment_id: str) -> N
 
 
 def _launch_of(platform: platforms.PlatformInfo, payload: dict[str, Any]) -> Launch:
-    roles = tuple(str(role) for role in payload[C.ROLES])
+    """The launch in LabDesk's words. `check_message` has vouched for the types of the identifiers and
+    objects; the free-text and URL claims are read here so that a wrong type reads as absent."""
+    roles = tuple(role for role in payload[C.ROLES] if isinstance(role, str))
     context = payload.get(C.CONTEXT) or {}
     link = payload.get(C.RESOURCE_LINK) or {}
     ags = payload.get(C.AGS) or {}
     dl_claim = payload.get(C.DL_SETTINGS)
+    scopes = ags.get("scope")
     return Launch(
         platform_id=platform.id, issuer=platform.issuer, client_id=platform.client_id,
         deployment_id=str(payload[C.DEPLOYMENT_ID]), message_type=payload[C.MESSAGE_TYPE], subject=str(payload["sub"]),
-        name=_display_name(payload), email=str(payload.get("email", ""))[:255], roles=roles, view=view_for(roles),
+        name=_display_name(payload), email=_text(payload.get("email")), roles=roles, view=view_for(roles),
         test_user=is_test_user(roles, payload.get("https://purl.imsglobal.org/spec/lti/claim/test_user")),
-        context_id=str(context.get("id", "")), context_title=str(context.get("title") or context.get("label") or "")[:255],
-        resource_link_id=str(link.get("id", "")), resource_link_title=str(link.get("title", ""))[:255],
-        custom=payload.get(C.CUSTOM) or {}, lineitem_url=ags.get("lineitem", ""), lineitems_url=ags.get("lineitems", ""),
-        ags_scopes=tuple(ags.get("scope", ())), memberships_url=(payload.get(C.NRPS) or {}).get("context_memberships_url", ""),
-        return_url=(payload.get(C.LAUNCH_PRESENTATION) or {}).get("return_url", ""),
+        context_id=identifier(context.get("id")) or "", context_title=_text(context.get("title")) or _text(context.get("label")),
+        resource_link_id=identifier(link.get("id")) or "", resource_link_title=_text(link.get("title")),
+        custom=_custom(payload.get(C.CUSTOM) or {}), lineitem_url=_url(ags.get("lineitem")), lineitems_url=_url(ags.get("lineitems")),
+        ags_scopes=tuple(s for s in scopes if isinstance(s, str)) if isinstance(scopes, list) else (),
+        memberships_url=_url((payload.get(C.NRPS) or {}).get("context_memberships_url")),
+        return_url=_url((payload.get(C.LAUNCH_PRESENTATION) or {}).get("return_url")),
         deep_link=DeepLinkSettings.of(dl_claim) if dl_claim else None,
     )
 
 
 def _display_name(payload: dict[str, Any]) -> str:
-    name = payload.get("name") or " ".join(filter(None, (payload.get("given_name"), payload.get("family_name"))))
-    return str(name or payload.get("email") or "Learner")[:255]
+    given = " ".join(filter(None, (_text(payload.get("given_name")), _text(payload.get("family_name")))))
+    return (_text(payload.get("name")) or given or _text(payload.get("email")) or "Learner")[:255]
+
+
+def _text(value: Any, limit: int = 255) -> str:
+    """A display text claim (a name, a title): a string or number, without NUL (PostgreSQL refuses it),
+    cut to its column; anything else reads as absent."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        return ""
+    return str(value).replace("\x00", "")[:limit]
+
+
+def _url(value: Any) -> str:
+    """A service or return URL: http(s), fitting its column; anything else reads as absent."""
+    ok = isinstance(value, str) and value.startswith(("https://", "http://")) and len(value) <= MAX_URL and "\x00" not in value
+    return value if ok else ""
+
+
+def _custom(custom: dict[str, Any]) -> dict[str, str]:
+    """The custom parameters, which the spec makes strings (numbers are read as such); others are dropped."""
+    return {str(key).replace("\x00", ""): _text(value, 4096) for key, value in custom.items()
+            if isinstance(value, (str, int, float)) and not isinstance(value, bool)}
 
 
 def _open(launch: Launch):  # type: ignore[no-untyped-def]
@@ -220,7 +259,7 @@ def _deep_link(launch: Launch):  # type: ignore[no-untyped-def]
 
 
 def _rejected(rejected: LaunchRejected, issuer: str):  # type: ignore[no-untyped-def]
-    log.warning("lti launch rejected: check=%s issuer=%s path=%s reason=%s", rejected.code, issuer or "-", request.path, rejected.reason)
+    log.warning("lti launch rejected: check=%s issuer=%s path=%s reason=%s", rejected.code, issuer[:200] or "-", request.path, rejected.reason[:500])
     if rejected.code == "cookies_blocked":
         return render_template("lti/cookies_blocked.html", new_window_url=rejected.reason), rejected.status
     return render_template("lti/rejected.html", reason=rejected.reason, code=rejected.code), rejected.status

@@ -16,7 +16,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import requests
 from flask import Blueprint, Response, jsonify, render_template, request
@@ -183,8 +183,8 @@ def dynamic_registration(runtime: Runtime, config_url: str, token: str) -> Regis
 def check_issuer(issuer: str, config_url: str) -> None:
     """The spec's check: the configuration must live under the issuer it names. Compared at a path
     boundary, so `https://lms.example.edu` does not vouch for `https://lms.example.edu.evil.test/…`."""
-    parts = urlsplit(issuer)
-    if parts.scheme not in ("https", "http") or not parts.hostname or parts.query or parts.fragment or "@" in parts.netloc:
+    parts = _split(issuer)
+    if parts is None or parts.scheme not in ("https", "http") or not parts.hostname or parts.query or parts.fragment or "@" in parts.netloc:
         raise RegistrationFailed(f"The platform's issuer {issuer!r} is not an http(s) URL without query or fragment.")
     prefix = issuer if issuer.endswith("/") else issuer + "/"
     if config_url != issuer and not config_url.startswith(prefix):
@@ -396,14 +396,22 @@ def _cap(text: str) -> str:
 
 def _without_query(url: str) -> str:
     """A URL fit for the log: some platforms may put secrets in the query."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}{parts.path}" if parts.netloc else (url[:100] or "-")
+    parts = _split(url)
+    return f"{parts.scheme}://{parts.netloc}{parts.path}" if parts and parts.netloc else (url[:100] or "-")
 
 
 def _check_http_url(value: str, what: str) -> None:
-    parts = urlsplit(value)
-    if parts.scheme not in ("https", "http") or not parts.hostname:
-        raise RegistrationFailed(f"{_cap(what)} is not an http(s) URL: {value!r}.")
+    parts = _split(value)
+    if parts is None or parts.scheme not in ("https", "http") or not parts.hostname:
+        raise RegistrationFailed(f"{_cap(what)} is not an http(s) URL: {value[:200]!r}.")
+
+
+def _split(url: str) -> SplitResult | None:
+    """`url` in parts, or None for what urlsplit cannot read (`http://[::1` raises ValueError)."""
+    try:
+        return urlsplit(url)
+    except ValueError:
+        return None
 
 
 # -- Canvas ---------------------------------------------------------------------------------------------

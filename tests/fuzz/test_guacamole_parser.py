@@ -15,7 +15,9 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from tests.fuzz.conftest import fuzz_settings
+from tests.support.guacd_double import GuacdDouble
 from tunnel.guacd import ClientInfo, HandshakeError, connect
+from tunnel.relay import Ended, relay
 from tunnel.protocol import (
     MAX_ELEMENT,
     MAX_INSTRUCTION,
@@ -226,3 +228,30 @@ async def _handshake_against(reply: bytes) -> None:
     finally:
         server.close()
         await server.wait_closed()
+
+
+# -- the relay: a browser frame that is not UTF-8 -------------------------------------------------------
+class _BinaryBrowser:
+    """The two calls the relay makes on a browser's WebSocket; this one sends one binary frame."""
+
+    def __init__(self, frame: bytes) -> None:
+        self.frames, self.sent = [frame], []
+
+    async def send(self, message: str | bytes, text: bool | None = None) -> None:
+        self.sent.append(message)
+
+    async def recv(self) -> str | bytes:
+        if self.frames:
+            return self.frames.pop()
+        await asyncio.sleep(3600)
+        raise AssertionError("unreachable")
+
+
+def test_a_browser_frame_that_is_not_utf8_ends_the_session_as_a_protocol_error() -> None:
+    async def session() -> Ended:
+        guacd = await connect(double.address, "vnc", {}, ClientInfo(), timeout=5)
+        return await relay(_BinaryBrowser(b"4.sync,\xff\xfe;"), guacd, read_only=False)
+
+    with GuacdDouble() as double:
+        ended = asyncio.run(session())
+    assert ended.by == "error" and "not UTF-8" in ended.detail
