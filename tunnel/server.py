@@ -175,7 +175,8 @@ def _first(query: dict[str, list[str]], key: str) -> str:
 
 
 def _bounded(text: str, default: int, limit: int) -> int:
-    return min(int(text), limit) if text.isdigit() and int(text) > 0 else default
+    """A positive number of at most `limit` ("²" is a digit to str.isdigit; 5,000 digits overflow int())."""
+    return min(int(text), limit) if text.isascii() and text.isdigit() and len(text) <= 9 and int(text) > 0 else default
 
 
 async def _refuse(ws: ServerConnection, message: str, status: int) -> None:

@@ -18,6 +18,7 @@ from tests.fuzz.conftest import fuzz_settings
 from tests.support.guacd_double import GuacdDouble
 from tunnel.guacd import ClientInfo, HandshakeError, connect
 from tunnel.relay import Ended, relay
+from tunnel.server import client_info
 from tunnel.protocol import (
     MAX_ELEMENT,
     MAX_INSTRUCTION,
@@ -255,3 +256,19 @@ def test_a_browser_frame_that_is_not_utf8_ends_the_session_as_a_protocol_error()
     with GuacdDouble() as double:
         ended = asyncio.run(session())
     assert ended.by == "error" and "not UTF-8" in ended.detail
+
+
+# -- the browser's query string: screen size, codecs, time zone -----------------------------------------
+QUERY_KEYS = st.sampled_from(["width", "height", "dpi", "audio", "video", "image", "timezone", "token"]) | st.text(max_size=8)
+QUERY_VALUES = st.text(max_size=30) | st.sampled_from(["²", "١٠٠", "0", "-5", "9" * 5000, "image/png", "audio/L16;rate=44100"])
+
+
+@fuzz_settings()
+@given(st.dictionaries(QUERY_KEYS, st.lists(QUERY_VALUES, max_size=12), max_size=8))
+@example({"width": ["²"]})  # a Unicode digit: int() raised ValueError out of the session
+@example({"height": ["9" * 5000]})  # past Python's 4,300-digit int() limit
+def test_any_query_string_gives_a_bounded_client_info(query: dict[str, list[str]]) -> None:
+    info = client_info(query, "Ada")
+    assert 0 < info.width <= 8192 and 0 < info.height <= 8192 and 0 < info.dpi <= 600
+    assert len(info.audio) <= 8 and len(info.video) <= 8 and 0 < len(info.image) <= 8
+    assert info.name == "Ada"
