@@ -18,7 +18,7 @@ _by_hand = os.environ.get("LABDESK_FUZZ_EXAMPLES", "").strip()
 
 settings.register_profile(
     PROFILE,
-    max_examples=int(_by_hand) if _by_hand.isdigit() else DEFAULT_EXAMPLES,
+    max_examples=max(1, int(_by_hand)) if _by_hand.isascii() and _by_hand.isdigit() else DEFAULT_EXAMPLES,
     deadline=None,  # a PostgreSQL round trip or a JWKS fetch may be slow once; speed is for bench/
     derandomize=not _by_hand,
     database=None,
