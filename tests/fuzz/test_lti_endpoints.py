@@ -310,3 +310,13 @@ def test_dynamic_registration_parameters_never_fail_with_a_server_error(app: Fla
     response = app.test_client().get("/lti/register", query_string=[(name, real.get(value, value)) for name, value in pairs])
     assert response.status_code == 400, "no platform answers here: every registration fails, with its reason"
     assert_handled(response)
+
+
+def test_a_megabyte_id_token_is_refused_as_not_a_token(app: Flask, lms: SigningPlatform) -> None:
+    """Bigger than any HUGE value the properties draw: a URL-encoded form has no size limit of Flask's own
+    (a reverse proxy's body limit applies first in production), and the launch still says why."""
+    client = app.test_client()
+    state, _ = login(client, lms)
+    response = client.post("/lti/launch", data={"id_token": "x" * 1_000_000, "state": state})
+    assert response.status_code == 400
+    assert "Reason code: <code>token</code>" in assert_handled(response)
