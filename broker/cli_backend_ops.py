@@ -5,7 +5,10 @@ the same broker function as the console and is audited as `cli:<os user>`.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import click
+from sqlalchemy.orm import Session
 
 from broker import backend_ops, backend_registry
 from broker.cli import backends, cli_actor, emit, fails_cleanly, json_option, rt
@@ -40,24 +43,26 @@ def backends_edit(name: str, config_json: str | None, secret_pairs: tuple[str, .
     click.echo(f"backend {name} saved: {summary}")
 
 
-@backends.command("enable")
-@click.argument("name")
-@fails_cleanly
-def backends_enable(name: str) -> None:
-    """Put NAME back in service: new labs and launches again."""
-    with rt().session() as session:
-        backend_ops.set_enabled(session, name, True, cli_actor())
-    click.echo(f"backend {name} is enabled")
+def _switch(command: str, setter: Callable[[Session, str, bool, str], object], value: bool, summary: str, said: str) -> None:
+    """`labdesk backends COMMAND NAME`: turn one of the backend's switches (audited by the setter)."""
+
+    @backends.command(command, help=summary)
+    @click.argument("name")
+    @fails_cleanly
+    def switch(name: str) -> None:
+        with rt().session() as session:
+            setter(session, name, value, cli_actor())
+        click.echo(said.format(name=name))
 
 
-@backends.command("disable")
-@click.argument("name")
-@fails_cleanly
-def backends_disable(name: str) -> None:
-    """Put NAME out of service: no new labs, no launches or resumes; its labs can still be suspended and deleted."""
-    with rt().session() as session:
-        backend_ops.set_enabled(session, name, False, cli_actor())
-    click.echo(f"backend {name} is disabled: no new labs and no launches there")
+_switch("enable", backend_ops.set_enabled, True, "Put NAME back in service: new labs and launches again.",
+        "backend {name} is enabled")
+_switch("disable", backend_ops.set_enabled, False,
+        "Put NAME out of service: no new labs, no launches or resumes; its labs can still be suspended and deleted.",
+        "backend {name} is disabled: no new labs and no launches there")
+_switch("drain", backend_ops.set_draining, True, "Start no new labs on NAME; the labs it holds live on.",
+        "backend {name} is draining: it takes no new labs")
+_switch("undrain", backend_ops.set_draining, False, "Let NAME take new labs again.", "backend {name} takes new labs again")
 
 
 @backends.command("remove")
@@ -73,26 +78,6 @@ def backends_remove(name: str, yes: bool) -> None:
         click.confirm(f"Remove backend {name} and its sealed secrets? This cannot be undone", abort=True)
     backend_registry.remove(rt(), name, actor=cli_actor())
     click.echo(f"backend {name} removed")
-
-
-@backends.command("drain")
-@click.argument("name")
-@fails_cleanly
-def backends_drain(name: str) -> None:
-    """Start no new labs on NAME; the labs it holds live on."""
-    with rt().session() as session:
-        backend_ops.set_draining(session, name, True, cli_actor())
-    click.echo(f"backend {name} is draining: it takes no new labs")
-
-
-@backends.command("undrain")
-@click.argument("name")
-@fails_cleanly
-def backends_undrain(name: str) -> None:
-    """Let NAME take new labs again."""
-    with rt().session() as session:
-        backend_ops.set_draining(session, name, False, cli_actor())
-    click.echo(f"backend {name} takes new labs again")
 
 
 @backends.command("capacity")
