@@ -7,34 +7,24 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 from sqlalchemy import select
 
-from app import create_app
-from broker import admins, backend_registry, images
+from broker import backend_registry, images
 from broker.models import Backend
 from broker.runtime import Runtime
-from tests.support.http import LiveServer, serve
+from tests.support.http import LiveServer
+from tests.support.admin_browser import PASSWORD, console  # noqa: F401  (a fixture: console)
 from tests.support.browser import browser  # noqa: F401  (a fixture)
-from tests.support.e2e_stack import db_url  # noqa: F401  (a fixture: SQLite)
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser
 
 pytestmark = [pytest.mark.browser]
 
-PASSWORD = "correct horse battery staple"
 SECRET = "s3cret-from-the-browser"
-
-
-@pytest.fixture
-def console(rt: Runtime) -> Iterator[LiveServer]:
-    with rt.session() as db:
-        admins.create_local(db, "root", PASSWORD)
-        db.commit()
-    yield from serve(create_app(rt.settings, rt))
 
 
 def test_an_admin_adds_a_backend_and_imports_the_catalogue(

@@ -14,15 +14,14 @@ from broker.models import Backend
 from broker.runtime import Runtime
 from tests.support.http import LiveServer, serve
 from tests.support.world import World
+from tests.support.admin_browser import PASSWORD
 from tests.support.browser import browser  # noqa: F401  (a fixture)
-from tests.support.e2e_stack import db_url  # noqa: F401  (a fixture: SQLite)
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser
 
 pytestmark = [pytest.mark.browser]
 
-PASSWORD = "correct horse battery staple"
 
 
 @pytest.fixture

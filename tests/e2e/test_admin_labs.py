@@ -17,15 +17,14 @@ from tests.support.http import LiveServer, serve
 from tests.support.waiting import wait_state
 from tests.support.workers import WorkerPool
 from tests.support.world import World, add_learner
+from tests.support.admin_browser import PASSWORD
 from tests.support.browser import browser  # noqa: F401  (a fixture)
-from tests.support.e2e_stack import db_url  # noqa: F401  (a fixture: SQLite)
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser
 
 pytestmark = [pytest.mark.browser]
 
-PASSWORD = "correct horse battery staple"
 S = LabState
 
 

@@ -5,33 +5,22 @@ invitation, sees its URL and copies it with the Copy button. Screenshots are kep
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 
-from app import create_app
-from broker import admins
 from broker.runtime import Runtime
 from lti import invites, platforms
-from tests.support.http import LiveServer, serve
+from tests.support.http import LiveServer
+from tests.support.admin_browser import PASSWORD, console  # noqa: F401  (a fixture: console)
 from tests.support.browser import browser  # noqa: F401  (a fixture)
-from tests.support.e2e_stack import db_url  # noqa: F401  (a fixture: SQLite)
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
 
 pytestmark = [pytest.mark.browser]
 
-PASSWORD = "correct horse battery staple"
 LMS = "https://moodle.example.edu"
-
-
-@pytest.fixture
-def console(rt: Runtime) -> Iterator[LiveServer]:
-    with rt.session() as db:
-        admins.create_local(db, "root", PASSWORD)
-        db.commit()
-    yield from serve(create_app(rt.settings, rt))
 
 
 def fill(page: "Page", **values: str) -> None:
