@@ -10,32 +10,23 @@ from __future__ import annotations
 import html
 import re
 from datetime import timedelta
-from typing import Iterator
 
 import pytest
 import requests
 from rq import Queue
 from sqlalchemy import select
 
-from broker import clock as broker_clock, schedule
+from broker import schedule
 from broker.clock import utcnow
 from broker.dispatch import DEFAULT_QUEUE
 from broker.models import Activity, AuditEvent, ClassSession, Lab, User
 from broker.runtime import Runtime
 from tests.lti.test_course_dashboard import dashboard_path, other_course_teacher, second_link
 from tests.support.http import LiveServer
-from tests.support.inline import Clock, run_queued_jobs
+from tests.support.inline import Clock, clock, run_queued_jobs  # noqa: F401  (a fixture: clock)
 from tests.support.lms_browser import get, lms, Person, settings  # noqa: F401  (fixtures: settings, lms)
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def clock() -> Iterator[Clock]:
-    moved = Clock()
-    broker_clock.set_clock(moved.now)
-    yield moved
-    broker_clock.set_clock(None)
 
 
 @pytest.fixture

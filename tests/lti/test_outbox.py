@@ -31,7 +31,7 @@ from lti import outbox
 from lti.ags import scores_url
 from lti.models import LinkServices
 from tests.lti.platform_double import ALL_SCOPES, SCOPE_LINEITEM, SCOPE_NRPS, PlatformDouble, connect, serve_platform
-from tests.support.inline import Clock
+from tests.support.inline import Clock, clock  # noqa: F401  (a fixture: clock)
 from tests.support.waiting import wait_until
 from tests.support.workers import WorkerPool
 from tests.support.world import World, add_learner
@@ -53,14 +53,6 @@ def graded(rt: Runtime, world: World, double: PlatformDouble) -> World:
     connect(rt, world.activity_id, CTX, double)
     double.enrol(CTX, LEARNER)
     return world
-
-
-@pytest.fixture
-def clock() -> Iterator[Clock]:
-    moved = Clock()
-    set_clock(moved.now)
-    yield moved
-    set_clock(None)
 
 
 def score(rt: Runtime, world: World, given: float = 7, user_id: int | None = None, **extra: Any) -> int:

@@ -8,9 +8,13 @@ of worker processes. The fake backend with no delays finishes each job in one ru
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Iterator
+
+import pytest
 
 from sqlalchemy import select
 
+from broker import clock as broker_clock
 from broker.dispatch import DEFAULT_QUEUE
 from broker.models import Backend, Lab
 from broker.rq_workers import InlineWorker
@@ -42,3 +46,13 @@ class Clock:
 
     def advance(self, seconds: float) -> None:
         self.offset += timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def clock() -> Iterator[Clock]:
+    """Time travel for the broker, the web threads and the in-process jobs; real time again afterwards
+    (a module imports this fixture to use it)."""
+    moved = Clock()
+    broker_clock.set_clock(moved.now)
+    yield moved
+    broker_clock.set_clock(None)

@@ -7,10 +7,9 @@ from typing import Callable, Iterator
 import pytest
 
 from app import create_app
-from broker import clock as broker_clock
 from broker.runtime import Runtime
 from tests.support.http import Learner, LiveServer, serve
-from tests.support.inline import Clock
+from tests.support.inline import clock  # noqa: F401  (a fixture)
 
 
 @pytest.fixture
@@ -30,12 +29,3 @@ def learner(server: LiveServer) -> Callable[[str], Learner]:
         return person
 
     return sign_in
-
-
-@pytest.fixture
-def clock() -> Iterator[Clock]:
-    """Time travel for the broker, the web threads and the in-process jobs; real time again afterwards."""
-    moved = Clock()
-    broker_clock.set_clock(moved.now)
-    yield moved
-    broker_clock.set_clock(None)
