@@ -35,6 +35,8 @@ def rounds(worker_class: type[SimpleWorker], redis: Redis, count: int) -> list[f
         start = time.monotonic()
         worker_class([queue], connection=redis).work(burst=True, with_scheduler=False, logging_level="WARNING")
         took.append(time.monotonic() - start)
+        if took[-1] > STALL:  # said at once: a run cut short still shows what it saw
+            print(f"  {worker_class.__name__}: round {len(took)} stalled {took[-1]:.1f} s", flush=True)
     return took
 
 
