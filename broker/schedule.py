@@ -75,7 +75,11 @@ def expire_stuck(rt: Runtime) -> int:
 
 
 def _recover(rt: Runtime, session: Session, lab: Lab) -> bool:
-    """Give an overdue lab a fresh deadline and a fresh job id (compare-and-set on state and recoveries)."""
+    """Give an overdue lab a fresh deadline and a fresh job id (compare-and-set on state and recoveries).
+
+    `backend_call` stays: a call the dead job recorded reached the backend, so the new job only observes
+    (a second `suspend` of a suspending machine is an error on some clouds). A call the job died inside
+    was never recorded, and the new job issues it (provision is find-or-create by lab id)."""
     now = utcnow()
     result = session.execute(
         update(Lab)
@@ -84,7 +88,6 @@ def _recover(rt: Runtime, session: Session, lab: Lab) -> bool:
             recoveries=Lab.recoveries + 1,
             deadline=deadline_for(S(lab.state), rt.settings, now),
             state_changed_at=now,
-            backend_call=None,
         )
     )
     if result.rowcount != 1:
