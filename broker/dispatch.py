@@ -12,11 +12,13 @@ from typing import Any, Callable, Protocol
 
 from redis import Redis
 from rq import Queue
+from rq.job import Job
 from rq.exceptions import DuplicateJobError
 
 DEFAULT_QUEUE = "labdesk-default"
 JOB_TIMEOUT = 600
 FAILURE_TTL = 7 * 24 * 3600
+LIVE_STATUSES = frozenset({"queued", "started", "scheduled", "deferred"})  # rq's JobStatus values of a job not yet done
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,7 @@ class Dispatcher(Protocol):
         """Enqueue unless a job with that id already exists; True if this call enqueued it."""
 
     def enqueue_many(self, requests: list[JobRequest]) -> None:
-        """Enqueue many jobs in one round trip (their ids must already be unique)."""
+        """Enqueue many jobs at once; as `enqueue`, an id that already exists is left as it is."""
 
 
 class RQDispatcher:
@@ -69,9 +71,18 @@ class RQDispatcher:
         )
 
     def enqueue_many(self, requests: list[JobRequest]) -> None:
+        """Enqueue many jobs in two round trips. An id whose job is waiting or running is left alone: rq
+        would overwrite it and put it in the queue a second time, and both copies would run. An id whose
+        job failed or was stopped is enqueued again, as before (the score outbox's sweep relies on it)."""
+        unique = list({request.job_id: request for request in requests}.values())
+        with self.redis.pipeline(transaction=False) as pipe:
+            for request in unique:
+                pipe.hget(Job.key_for(request.job_id), "status")
+            statuses = pipe.execute()
         by_queue: dict[str, list[JobRequest]] = {}
-        for request in requests:
-            by_queue.setdefault(request.queue, []).append(request)
+        for request, status in zip(unique, statuses):
+            if status is None or status.decode() not in LIVE_STATUSES:
+                by_queue.setdefault(request.queue, []).append(request)
         with self.redis.pipeline() as pipe:
             for name, batch in by_queue.items():
                 data = [Queue.prepare_data(r.func, args=r.args, **self._options(r)) for r in batch]
