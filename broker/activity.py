@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 
 from redis import Redis
 from redis.exceptions import RedisError
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from broker.clock import utcnow
@@ -132,6 +132,20 @@ def flush(redis: Redis, session: Session, leave_grace: int) -> int:
             session.execute(update(Lab).where(Lab.id.in_(chunk)).values(last_active_at=seen, idle_deadline=until))
     session.commit()
     return len(idle_after)
+
+
+def presence_settling(redis: Redis, session: Session) -> bool:
+    """True while Redis has been up for less than two keepalive intervals: the idle sweep then suspends
+    nobody (docs/faults.md).
+
+    Redis keeps presence only in memory. A restart loses every signal since the last fold, and the keepalives
+    refused while it was down were never recorded, so a lab past its folded idle deadline may belong to a
+    learner who is at it. Each open page says so again within its keepalive interval (two, if one is lost);
+    after that the set is whole again. A fresh Redis at a first start costs the same short hold.
+    """
+    uptime = int(redis.info("server")["uptime_in_seconds"])
+    longest = session.scalar(select(func.max(Activity.keepalive_interval))) or 0
+    return uptime < 2 * longest
 
 
 def _times(score: float, idle_after: int, leave_grace: int) -> tuple[datetime, datetime]:

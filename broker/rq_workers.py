@@ -6,11 +6,29 @@ wait for the thread to end. When the unsubscribe confirmation reaches the thread
 set, the thread goes back to waiting, and the worker's exit hangs for a whole minute (seen in about 2% of
 in-process runs on a busy machine: 6 of 300, each 60.0 s). Tripping the flag first, then unsubscribing,
 makes that confirmation the thread's last message.
+
+They also ride out a Redis restart (docs/faults.md). rq waits for Redis only while idle (its dequeue loop
+retries); any other command that fails after redis-py's three quick retries (0-14 s, jittered) ends the
+worker: "found an unhandled exception, quitting". That happens when a job ends, or its work-horse reports,
+while Redis is still down. And a Redis that comes back empty has forgotten the worker, so rq's own
+registry, `labdesk doctor` and the container health check no longer see it, though it works.
 """
 
 from __future__ import annotations
 
-from rq import SimpleWorker, Worker
+from typing import Any
+
+from redis import Redis
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.retry import Retry
+from rq import SimpleWorker, Worker, worker_registration
+
+# Every Redis command of a worker (its loop, work-horses, rq's scheduler process, the command listener)
+# waits up to about two minutes for Redis to answer again, trying every 2 s at most: longer than a restart,
+# short enough that a Redis really gone still ends the process for systemd or Kubernetes to see. Timeouts
+# are not retried: a Redis that hangs is not one that restarts.
+OUTAGE_RETRY = Retry(ExponentialBackoff(cap=2, base=0.25), retries=60, supported_errors=(RedisConnectionError,))
 
 
 class PromptStop:
@@ -28,7 +46,32 @@ class PromptStop:
         thread.join(timeout=5)  # type: ignore[attr-defined]  # the thread closes the pub/sub connection itself
 
 
-class LabDeskWorker(PromptStop, Worker):
+class RidesOutRedis:
+    """Mixin for rq workers: Redis commands wait out a restart, and the worker registers again when Redis
+    has come back empty."""
+
+    connection: Redis
+    key: str
+    worker_ttl: int
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.connection.set_retry(OUTAGE_RETRY)
+
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        super().heartbeat(timeout, pipeline)  # type: ignore[misc]
+        if pipeline is None and not self.connection.hexists(self.key, "birth"):
+            self._register_again()
+
+    def _register_again(self) -> None:
+        with self.connection.pipeline() as pipe:
+            pipe.hset(self.key, mapping=self.serialize())  # type: ignore[attr-defined]
+            worker_registration.register(self, pipe)  # type: ignore[arg-type]
+            pipe.expire(self.key, self.worker_ttl + 60)
+            pipe.execute()
+
+
+class LabDeskWorker(PromptStop, RidesOutRedis, Worker):
     """`labdesk worker`: forks a work-horse per job."""
 
 

@@ -45,6 +45,8 @@ def suspend_idle(rt: Runtime) -> int:
     their learner arrives: their learner has not been away, they have not come yet."""
     with rt.session() as session:
         activity.flush(rt.redis, session, rt.settings.leave_grace)
+        if activity.presence_settling(rt.redis, session):
+            return 0  # Redis has just (re)started: the learners' pages have not all said they are there yet
         ids = session.scalars(
             select(Lab.id)
             .where(Lab.state == S.RUNNING.value, Lab.idle_deadline < utcnow(), Lab.prewarmed_by.is_(None),

@@ -1,0 +1,174 @@
+"""Redis restarted, coming back EMPTY (it keeps nothing on disk), while labs are provisioning and others run.
+
+Real parts: a private `redis-server` (tests/support/private_services.py; the machine's own is never touched),
+the web as deployed (gunicorn), two `labdesk worker` processes, the sweeps called as the cron calls them,
+and the fake cloud (slow calls, so the workers are inside backend calls when Redis goes).
+
+What a learner notices: during the outage a launch and a keepalive are refused with "LabDesk is briefly
+unavailable … Nothing was changed", and write nothing; the lab page still shows the lab. After the restart:
+the same workers serve again; labs whose queued jobs Redis lost reach running through the deadline sweep; a
+learner still at their lab is not suspended because the keepalives Redis held (or refused) are gone, while a
+learner who left is suspended after the hold. Then: no orphaned backend object, no lab stuck. The figures
+(refused keepalives vs the outage, recovery times) are printed: run with -s to read them.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from redis import Redis
+from rq import Worker
+from sqlalchemy import select
+
+from broker import runtime, schedule
+from broker.config import Settings
+from broker.lifecycle import LabState
+from broker.models import Activity, Lab, User
+from broker.runtime import Runtime
+from broker.testing.fake import reset_memory
+from tests.conftest import make_settings
+from tests.faults.restart_stack import (
+    NOTHING_CHANGED, UNAVAILABLE, Page, Web, assert_no_orphans, assert_none_stuck, drive_to_running,
+    gunicorn_web, reasons, script_backend, signed_in,
+)
+from tests.support.private_services import PrivateRedis, private_redis
+from tests.support.waiting import lab_row, wait_state, wait_until
+from tests.support.workers import ROOT, WorkerPool, settings_env
+from tests.support.world import World
+
+pytestmark = [pytest.mark.slow]
+S = LabState
+OUTAGE = 5.0  # seconds: longer than the workers' backend calls (2 s) and the labs' idle period (4 s)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[PrivateRedis]:
+    with private_redis(tmp_path / "redis") as server:
+        yield server
+
+
+@pytest.fixture
+def settings(sqlite_db_url: str, tmp_path: Path, redis_server: PrivateRedis) -> Settings:
+    return make_settings(sqlite_db_url, tmp_path, redis_url=redis_server.url(3), requested_deadline=8,
+                         provisioning_deadline=8, leave_grace=1, orphan_grace=1)
+
+
+@pytest.fixture
+def rt(settings: Settings) -> Iterator[Runtime]:
+    instance = Runtime(settings)
+    runtime.install(instance)
+    reset_memory()
+    yield instance
+    runtime.install(None)
+    instance.close()
+
+
+@pytest.fixture
+def web(settings: Settings, tmp_path: Path) -> Iterator[Web]:
+    with gunicorn_web(settings, tmp_path) as server:
+        yield server
+
+
+@pytest.fixture
+def pool(settings: Settings, tmp_path: Path) -> Iterator[WorkerPool]:
+    workers = WorkerPool(settings, tmp_path)
+    workers.start(2)  # they boot while the web does
+    yield workers
+    workers.stop()
+
+
+def short_idle(rt: Runtime, world: World) -> None:
+    """Idle after 4 s; the page says it is there every second (30 s in production), scaled down alike."""
+    with rt.session() as session:
+        activity = session.get(Activity, world.activity_id)
+        activity.idle_suspend_after, activity.keepalive_interval = 4, 1
+        session.commit()
+
+
+def test_an_empty_redis_after_a_restart_loses_no_lab_and_suspends_no_learner_who_is_there(
+    rt: Runtime, world: World, fake_dir: Path, redis_server: PrivateRedis, pool: WorkerPool, web: Web, tmp_path: Path
+) -> None:
+    short_idle(rt, world)
+    workers = pool.processes
+    ada, bob, cy, dee, fay, eve = (signed_in(web.url, name) for name in ("Ada", "Bob", "Cy", "Dee", "Fay", "Eve"))
+    running = {who: who.lab_id(who.launch(world.activity_id)) for who in (ada, bob)}
+    for lab_id in running.values():
+        wait_state(rt, lab_id, S.RUNNING, timeout=30)
+    pages = {who: Page(who, lab_id) for who, lab_id in running.items()}
+    for page in pages.values():
+        page.start()
+    wait_until(lambda: all(p.answers for p in pages.values()), what="the first keepalives")
+    assert schedule.suspend_idle(rt) == 0  # both learners are at their labs
+
+    script_backend(rt, world.backend_id, call_latency=2, provision_delay=1)  # a slow cloud: workers stay busy
+    provisioning = [who.lab_id(who.launch(world.activity_id)) for who in (cy, dee)]
+    wait_until(lambda: all(lab_row(rt, i).state == "provisioning" and lab_row(rt, i).backend_call is None for i in provisioning),
+               timeout=20, what="both workers inside a provision call")
+    queued = fay.lab_id(fay.launch(world.activity_id))  # both workers are busy: its job waits in Redis
+    assert lab_row(rt, queued).state == "requested"
+    pages[bob].close()
+    assert bob.post(f"/api/labs/{running[bob]}/leave").status_code == 204  # Bob closes his tab; Ada stays
+
+    redis_server.stop()
+    down_at = time.monotonic()
+    refused = eve.launch(world.activity_id)
+    assert refused.status_code == 503
+    assert UNAVAILABLE in refused.text and NOTHING_CHANGED in refused.text and "Traceback" not in refused.text
+    keepalive = ada.post(f"/api/labs/{running[ada]}/keepalive")
+    assert keepalive.status_code == 503
+    assert keepalive.json() == {"error": UNAVAILABLE, "advice": "Nothing was changed. Please try again in a minute."}
+    page = ada.get(f"/labs/{running[ada]}")
+    assert page.status_code == 200 and "Your lab is running." in page.text  # the database still answers
+    assert ada.get(f"/api/labs/{running[ada]}").json()["state"] == "running"
+    assert ada.get("/healthz").json()["status"] == "down"
+    time.sleep(max(0.0, OUTAGE - (time.monotonic() - down_at)))
+
+    pages[ada].paused.set()  # the restart falls between two of Ada's keepalives
+    redis_server.start()
+    up_at = time.monotonic()
+    assert schedule.suspend_idle(rt) == 0, "Ada was at her lab all along: the sweep must not suspend it"
+    pages[ada].paused.clear()
+    with rt.session() as session:
+        assert session.scalars(select(Lab.id).join(User).where(User.subject == "Eve")).all() == []
+
+    assert [w.poll() for w in workers] == [None, None], "a worker exited with Redis: " + _logs(tmp_path)
+    script_backend(rt, world.backend_id)  # the cloud answers quickly again
+    late = eve.lab_id(eve.launch(world.activity_id))
+    wait_state(rt, late, S.RUNNING, timeout=30)  # the same workers serve the new, empty Redis
+    fresh_lab_at = time.monotonic()
+
+    drive_to_running(rt, [*provisioning, queued])
+    recovered_at = time.monotonic()
+    assert "deadline passed; retrying" in reasons(rt, queued)  # its queued job went with the old Redis
+
+    wait_until(lambda: schedule.suspend_idle(rt) >= 1 or lab_row(rt, running[bob]).state != "running", timeout=20,
+               interval=0.5, what="Bob's lab to be suspended once the hold is over")
+    wait_state(rt, running[bob], S.SUSPENDED, timeout=20)
+    assert schedule.suspend_idle(rt) == 0
+    assert lab_row(rt, running[ada]).state == "running"
+    assert "learner idle" not in reasons(rt, running[ada])
+    for page in pages.values():
+        page.close()
+
+    assert [w.poll() for w in workers] == [None, None]
+    assert len(Worker.all(connection=Redis.from_url(rt.settings.redis_url))) == 2  # registered again
+    probe = subprocess.run([sys.executable, "deploy/healthcheck.py", "worker"], cwd=ROOT, env=settings_env(rt.settings),
+                           capture_output=True, text=True, timeout=30)
+    assert probe.returncode == 0, probe.stderr  # the container's health check passes: no restart needed
+    assert_no_orphans(rt, world.backend_id, fake_dir)
+    assert_none_stuck(rt)
+
+    first_refused, first_accepted = pages[ada].refused_span() or (float("nan"), float("nan"))
+    print(f"\nRedis restart: outage {up_at - down_at:.1f} s; Ada's keepalives refused from {first_refused - down_at:+.2f} s "
+          f"to {first_accepted - up_at:+.2f} s after the restart ({first_accepted - first_refused:.1f} s of 503s); "
+          f"a new lab running {fresh_lab_at - up_at:.1f} s after the restart; the lost jobs' labs running "
+          f"{recovered_at - up_at:.1f} s after it (provisioning deadline {rt.settings.provisioning_deadline} s)")
+
+
+def _logs(tmp_path: Path) -> str:
+    return "\n".join(p.read_text()[-3000:] for p in sorted(tmp_path.glob("worker-*.log")))
