@@ -16,6 +16,11 @@ same backend, or in memory when no directory is given. Settings script its behav
 - `check_targets`: where grading checks run, as dicts of `CheckTarget` fields; without it, one `local`
   target whose home is `check_home`, else `state_dir`, else a private directory in the temp dir, so
   broker tests run checks for real through the `local` grading hook.
+
+With a `state_dir`, every provision, suspend, resume and delete also appends one line to its `calls.log`:
+`<operation> <lab id> <pid> <rq job id or ->`. Appends of one short line are atomic, so processes share
+the log, and a scale-out test can prove each transition reached the backend exactly once
+(tests/test_scale_out.py).
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
+
+from rq import get_current_job
 
 from broker.connector import (
     Capability,
@@ -50,6 +57,7 @@ ERRORS = {
 }
 
 _MEMORY: dict[str, dict[str, dict[str, Any]]] = {}
+CALL_LOG = "calls.log"
 
 
 class FakeConnector(Connector):
@@ -70,6 +78,7 @@ class FakeConnector(Connector):
     # -- the connector interface -------------------------------------------------------------------
     def provision(self, spec: LabSpec) -> Handle:
         self._call("provision")
+        self._log("provision", spec.lab_id)
         key = spec.name
         if self._load(key) is None:
             if len(self._keys()) >= int(self.config.get("capacity", 1_000_000_000)):
@@ -104,6 +113,7 @@ class FakeConnector(Connector):
 
     def delete(self, handle: Handle) -> None:
         self._call("delete")
+        self._log("delete", _lab_of(handle))
         self._remove(handle["key"])
 
     def endpoints(self, handle: Handle) -> list[DesktopEndpoint]:
@@ -159,6 +169,18 @@ class FakeConnector(Connector):
         if kind and self._count_failure(operation):
             raise ERRORS[kind](f"scripted {kind} failure in {operation}", f"The lab backend failed ({kind}).")
 
+    def _log(self, operation: str, lab_id: int) -> None:
+        """One line in `calls.log` per call that changes an object (see the module docstring)."""
+        if self._dir is None:
+            return
+        job = get_current_job()
+        line = f"{operation} {lab_id} {os.getpid()} {job.id if job else '-'}\n"
+        descriptor = os.open(self._dir / CALL_LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(descriptor, line.encode())
+        finally:
+            os.close(descriptor)
+
     def _count_failure(self, operation: str) -> bool:
         """True while the scripted number of failures for `operation` is not yet used up."""
         limit = self.config.get("fail_times")
@@ -176,6 +198,7 @@ class FakeConnector(Connector):
 
     def _transit(self, handle: Handle, operation: str, state: str) -> None:
         self._call(operation)
+        self._log(operation, _lab_of(handle))
         record = self._load(handle["key"])
         if record is None:
             raise PermanentError(f"{handle['key']} is gone", "This lab no longer exists on its backend.")
@@ -248,6 +271,21 @@ class _locked:
     def __exit__(self, *exc: object) -> None:
         fcntl.flock(self._fd, fcntl.LOCK_UN)
         os.close(self._fd)
+
+
+def _lab_of(handle: Handle) -> int:
+    """The lab id in a handle's key (`labdesk-lab-<id>`, LabSpec.name); 0 for a key a test made up."""
+    tail = str(handle.get("key", "")).rsplit("-", 1)[-1]
+    return int(tail) if tail.isascii() and tail.isdigit() else 0
+
+
+def read_call_log(state_dir: str | os.PathLike[str]) -> list[tuple[str, int, int, str]]:
+    """Every (operation, lab id, pid, job id) the backend in `state_dir` logged, in order."""
+    path = Path(state_dir) / CALL_LOG
+    if not path.exists():
+        return []
+    rows = [line.split(" ") for line in path.read_text().splitlines() if line]
+    return [(op, int(lab), int(pid), job) for op, lab, pid, job in rows]
 
 
 def reset_memory() -> None:
