@@ -54,10 +54,15 @@ class TunnelServer:
         self.active = 0
 
     async def serve(self, host: str, port: int, ready: asyncio.Event | None = None) -> None:
-        """Listen until cancelled, checking guacd and refreshing live records in the background."""
+        """Listen until cancelled, checking guacd and refreshing live records in the background.
+
+        SO_REUSEPORT: a new tunnel process binds the port while the old one still serves, so a restart
+        leaves no moment without a listener (docs/deploy.md, "Graceful operations"). Cancelled, the
+        server stops listening first, then closes every session with 1001 "going away"."""
         async with serve(
             self.handle, host, port, subprotocols=["guacamole"],  # type: ignore[list-item]
             process_request=self._health, compression=None, max_size=1 << 20, ping_interval=20, ping_timeout=20, close_timeout=2,
+            reuse_port=True,
         ) as server:
             log.info("tunnel listening on ws://%s:%s%s for guacd %s", host, port, PATH, ", ".join(self.settings.guacd_hosts))
             if ready is not None:

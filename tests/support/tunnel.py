@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,8 @@ from broker.runtime import Runtime
 from tests.support.http import LiveServer, serve
 from tests.support.workers import ROOT, WorkerPool, settings_env
 
+LISTENING = "tunnel listening on"  # what tunnel/server.py logs once its socket is bound
+
 
 class TunnelProcess:
     """`labdesk tunnel --listen 127.0.0.1:<port>` with the test's settings (same database, Redis, keys)."""
@@ -22,7 +23,7 @@ class TunnelProcess:
     def __init__(self, settings: Settings, log_dir: Path, port: int) -> None:
         self.settings = settings
         self.port = port
-        self.log_path = log_dir / f"tunnel-{port}.log"
+        self.log_path = _fresh_log(log_dir, port)
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -37,11 +38,9 @@ class TunnelProcess:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"the tunnel exited at start:\n{self.log()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+            if LISTENING in self.log():  # its own word, not a connect: another tunnel may share the port
                 return self
-            except OSError:
-                time.sleep(0.05)
+            time.sleep(0.05)
         raise RuntimeError(f"the tunnel did not listen within 20 s:\n{self.log()}")
 
     def stop(self) -> None:
@@ -55,6 +54,18 @@ class TunnelProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+def _fresh_log(log_dir: Path, port: int) -> Path:
+    """A log file of its own, also when two tunnels share a port (a restart)."""
+    for n in range(100):
+        path = log_dir / f"tunnel-{port}-{n}.log"
+        try:
+            path.open("x").close()
+            return path
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"no free log name for port {port} in {log_dir}")
 
 
 def serve_with_tunnel(rt: Runtime, settings: Settings, tmp_path: Path, workers: WorkerPool, ports: dict[str, int]) -> Iterator[LiveServer]:
