@@ -16,6 +16,7 @@ const RESIZE_DELAY_MS = 200;
 const STABLE_MS = 10000; // a connection that lasted this long starts the back-off again from 1 s
 const LAYOUT_KEY = "labdesk.keyboard-layout";
 const RETRYABLE = new Set([0, 409, 429, 500, 502, 503, 504]);
+const UPSTREAM_UNAVAILABLE = 0x0208; // guacamole-common-js's status for a socket closed "going away" (1001)
 
 const byId = (id) => document.getElementById(id);
 const VIEWER_MISSING = "The desktop viewer did not load. Reload the page; if this persists, tell your administrator.";
@@ -33,6 +34,11 @@ function readConfig(root) {
     idleSeconds: Number(data.idleDisconnect) || 0,
     labels: JSON.parse(data.labels),
   };
+}
+
+/** A connection the server closed as "going away", without an error instruction of its own. */
+function wentAway(status) {
+  return Boolean(status) && status.code === UPSTREAM_UNAVAILABLE && !status.message;
 }
 
 function debounce(action, ms) {
@@ -259,7 +265,20 @@ class LabPage {
       this.#halt("Your desktop was opened in another tab or window.");
       return;
     }
+    if (wentAway(status) && this.backoff.failures === 0) {
+      this.#comeBack();
+      return;
+    }
     this.#lost(status && status.message ? status.message : "");
+  }
+
+  /** The tunnel process closed a working connection on purpose (restart, scale-in): another one takes
+   * over at the same address, so reconnect at once with "Reconnecting…" and no alert. It counts as the
+   * first failure: if this attempt fails too, the back-off and its banner take over. */
+  #comeBack() {
+    this.backoff.next();
+    this.phase = "retrying";
+    this.#connect();
   }
 
   #lost(reason) {
