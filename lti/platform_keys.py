@@ -1,8 +1,11 @@
 """The platforms' public keys, fetched from their JWKS URLs and cached per process.
 
-A key id (`kid`) the cache does not know triggers one refetch, since platforms rotate keys and publish the
-new one before they use it; a `kid` still unknown after a refetch is remembered for a minute, so a flood of
-forged tokens cannot turn LabDesk into a JWKS-fetching amplifier.
+A key id (`kid`) the cache does not know triggers a refetch, since platforms rotate keys and publish the
+new one before (or as) they use it. After such a refetch, another one for an unknown `kid` waits
+`REFETCH_INTERVAL`, whatever the `kid`: a flood of forged tokens, each naming a new `kid`, costs one fetch
+per interval, so it cannot turn LabDesk into a JWKS-fetching amplifier (remembering only the `kid`s already
+tried did not bound it). A genuine rotation is followed at once, since the set it finds was not itself
+fetched for an unknown `kid`.
 """
 
 from __future__ import annotations
@@ -10,13 +13,13 @@ from __future__ import annotations
 import json
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import requests
 from jwt.algorithms import RSAAlgorithm
 
-UNKNOWN_KID_MEMORY = 60.0
+REFETCH_INTERVAL = 10.0
 
 
 class KeySetError(Exception):
@@ -27,42 +30,36 @@ class KeySetError(Exception):
 class _Entry:
     keys: dict[str, Any]
     fetched_at: float
-    unknown: dict[str, float] = field(default_factory=dict)
+    for_unknown_kid: bool = False
 
 
 class PlatformKeys:
     """A per-process JWKS cache shared by the web's threads."""
 
-    def __init__(self, ttl: float, timeout: float) -> None:
-        self.ttl, self.timeout = ttl, timeout
+    def __init__(self, ttl: float, timeout: float, refetch_interval: float = REFETCH_INTERVAL) -> None:
+        self.ttl, self.timeout, self.refetch_interval = ttl, timeout, refetch_interval
         self._entries: dict[str, _Entry] = {}
         self._lock = threading.Lock()
 
     def key(self, url: str, kid: str | None) -> Any:
-        """The RSA public key for `kid` at `url`; refetches once if the cached set does not hold it."""
+        """The RSA public key for `kid` at `url`, or None; refetches the set if it does not hold `kid`,
+        unless the set was itself refetched for an unknown `kid` less than the refetch interval ago."""
         entry = self._entries.get(url)
-        now = time.monotonic()
-        if entry is None or now - entry.fetched_at > self.ttl:
+        if entry is None or time.monotonic() - entry.fetched_at > self.ttl:
             entry = self._fetch(url)
         found = _pick(entry.keys, kid)
-        if found is not None:
+        if found is not None or (entry.for_unknown_kid and time.monotonic() - entry.fetched_at < self.refetch_interval):
             return found
-        if now - entry.unknown.get(kid or "", -UNKNOWN_KID_MEMORY) < UNKNOWN_KID_MEMORY:
-            return None
-        entry = self._fetch(url)
-        found = _pick(entry.keys, kid)
-        if found is None:
-            entry.unknown[kid or ""] = time.monotonic()
-        return found
+        return _pick(self._fetch(url, for_unknown_kid=True).keys, kid)
 
-    def _fetch(self, url: str) -> _Entry:
+    def _fetch(self, url: str, for_unknown_kid: bool = False) -> _Entry:
         try:
             response = requests.get(url, timeout=self.timeout, headers={"Accept": "application/json"})
             response.raise_for_status()
             document = response.json()
         except (requests.RequestException, json.JSONDecodeError) as exc:
             raise KeySetError(f"could not fetch the platform's key set from {url}: {exc}") from None
-        entry = _Entry(_parse(document), time.monotonic())
+        entry = _Entry(_parse(document), time.monotonic(), for_unknown_kid)
         with self._lock:
             self._entries[url] = entry
         return entry
