@@ -48,7 +48,7 @@ def create_app(settings: Settings | None = None, rt: Runtime | None = None) -> F
     rt = rt or Runtime(settings)
     runtime.install(rt)
     app = Flask("web", static_folder="static", template_folder="templates")
-    app.config.update(SECRET_KEY=secret_key(settings), **cookie_policy(settings))
+    app.config.update(SECRET_KEY=secret_key(settings), MAX_CONTENT_LENGTH=MAX_REQUEST_BYTES, **cookie_policy(settings))
     app.extensions["labdesk"] = rt
     app.url_map.converters["id"] = RowId
     for blueprint in (pages, api, desktop, checks, takeaways, vendor, health):
@@ -64,6 +64,11 @@ def create_app(settings: Settings | None = None, rt: Runtime | None = None) -> F
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops, x_prefix=hops)  # type: ignore[method-assign]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return app
+
+
+MAX_REQUEST_BYTES = 1024 * 1024
+"""No request LabDesk serves needs more: an LTI launch or deep-linking form is a few kB. Without a limit a
+URL-encoded form was read whole, whatever its size, whenever no reverse proxy bounded it (docs/fuzzing.md)."""
 
 
 def cookie_policy(settings: Settings) -> dict[str, object]:

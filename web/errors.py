@@ -18,6 +18,7 @@ MESSAGES = {
     401: ("Please sign in", "Open this lab from your course page again."),
     404: ("Not found", "This lab does not exist or is not yours."),
     409: ("Not possible right now", "The lab is busy with another change. Wait a moment and try again."),
+    413: ("This request is too large", "LabDesk accepts at most 1 MB in one request. Nothing was changed."),
     503: ("LabDesk is briefly unavailable", "Nothing was changed. Please try again in a minute."),
 }
 

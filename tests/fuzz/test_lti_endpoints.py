@@ -47,6 +47,7 @@ REFUSAL_PAGES = (
     "Your browser blocked LabDesk inside this page",  # cookies_blocked.html
     "No lab is attached to this link yet",  # not_configured.html
     "LabDesk could not register with this LMS",  # registration/failed.html
+    "LabDesk accepts at most 1 MB in one request",  # 413: several HUGE claims signed into one token
 )
 
 TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=40) | st.sampled_from(["", " ", "\x00", "a\x00b", "🖥", "%00", "http://[::1"])
@@ -313,10 +314,18 @@ def test_dynamic_registration_parameters_never_fail_with_a_server_error(app: Fla
 
 
 def test_a_megabyte_id_token_is_refused_as_not_a_token(app: Flask, lms: SigningPlatform) -> None:
-    """Bigger than any HUGE value the properties draw: a URL-encoded form has no size limit of Flask's own
-    (a reverse proxy's body limit applies first in production), and the launch still says why."""
+    """Bigger than any HUGE value the properties draw, yet under the app's request limit: the launch says why."""
     client = app.test_client()
     state, _ = login(client, lms)
     response = client.post("/lti/launch", data={"id_token": "x" * 1_000_000, "state": state})
     assert response.status_code == 400
     assert "Reason code: <code>token</code>" in assert_handled(response)
+
+
+def test_a_launch_form_over_the_request_limit_is_refused_before_it_is_read(app: Flask, lms: SigningPlatform) -> None:
+    """Without a limit of the app's own, a form of any size was read whole (no reverse proxy in front)."""
+    client = app.test_client()
+    state, _ = login(client, lms)
+    response = client.post("/lti/launch", data={"id_token": "x" * 2_000_000, "state": state})
+    assert response.status_code == 413
+    assert "LabDesk accepts at most 1 MB in one request. Nothing was changed." in assert_handled(response)
