@@ -182,6 +182,26 @@ def test_a_worker_may_finish_its_longest_job_before_it_is_killed() -> None:
     assert worker["KillSignal"] == "SIGTERM" and worker["KillMode"] == "mixed"  # the work-horse is spared
 
 
+def test_web_and_tunnel_pods_leave_the_service_before_sigterm_and_roll_without_a_gap() -> None:
+    """docs/deploy.md, "Graceful operations": a rolling update starts a ready pod before it stops one; the
+    stopping pod sleeps in preStop while the Service and ingress stop routing to it, then gets SIGTERM and
+    drains (gunicorn: --graceful-timeout) well inside terminationGracePeriodSeconds. On a VM, `systemctl
+    reload labdesk-web` is gunicorn's graceful worker reload (SIGHUP)."""
+    for name in ("labdesk-web", "labdesk-tunnel"):
+        [doc] = [d for d in k8s_kind("Deployment") if d["metadata"]["name"] == name]
+        [container] = containers(doc)
+        assert doc["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0, name
+        assert container["readinessProbe"]["httpGet"]["path"] == "/healthz", name
+        sleep, seconds = container["lifecycle"]["preStop"]["exec"]["command"]
+        assert sleep == "sleep" and int(seconds) >= 5, name
+        argv = container["command"]
+        drain = int(argv[argv.index("--graceful-timeout") + 1]) if "--graceful-timeout" in argv else 0
+        assert doc["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > int(seconds) + drain, name
+    web = unit("labdesk-web.service")
+    assert web["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    assert int(web["TimeoutStopSec"]) > 30 and "--graceful-timeout 30" in web["ExecStart"]
+
+
 # -- commands ---------------------------------------------------------------------------------------------
 def test_every_command_the_artefacts_run_exists(deploy_env: dict[str, str]) -> None:
     """`labdesk <sub-command> --help` answers, and knows every option used; gunicorn checks its
