@@ -17,6 +17,10 @@ A pre-warmed lab nobody used is held until `starts_at + the activity's idle_susp
 sweep would otherwise suspend it minutes after it started, before class), then suspended like any idle
 lab; one still waiting for a place or a GPU by then is deleted, as it would only take a place from a
 learner who actually came. Cost of a session whose learners all stay away: lead + idle time per lab.
+
+A warm-up whose process dies midway (a worker killed, a deploy) is not lost: the claim marks the session
+`WARMING`, and a claim older than `WARM_LEASE` that never finished is taken again by the next run, which
+starts only the labs still missing (it counts the labs the session already started by their first event).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from broker import activity as presence, audit, services
@@ -44,6 +48,8 @@ LEAD_MINUTES = (0, 240)
 DURATION_MINUTES = (10, 600)
 MAX_WARM_POOL = 200  # one session never starts more labs than this, whatever the course's size
 MAX_AHEAD = timedelta(days=366)  # a session is scheduled at most a year ahead
+WARMING = -1  # `warmed_count` while a warm-up is under way; its final count replaces it
+WARM_LEASE = timedelta(minutes=5)  # a warm-up takes seconds: one claimed longer ago than this died midway
 
 
 class ScheduleError(LabDeskError):
@@ -172,7 +178,7 @@ def prewarm_due(rt: Runtime) -> int:
     with rt.session() as session:
         candidates = session.scalars(
             select(ClassSession).where(
-                ClassSession.warmed_at.is_(None),
+                _unclaimed(now),
                 ClassSession.starts_at <= now + timedelta(minutes=LEAD_MINUTES[1]),
                 ClassSession.starts_at > now - timedelta(minutes=DURATION_MINUTES[1]),
             ).order_by(ClassSession.starts_at, ClassSession.id)
@@ -181,32 +187,51 @@ def prewarm_due(rt: Runtime) -> int:
     return sum(len(warmed.lab_ids) for warmed in (_warm(rt, session_id) for session_id in due) if warmed is not None)
 
 
+def _unclaimed(now: datetime):  # type: ignore[no-untyped-def]
+    """Never warmed, or claimed by a warm-up that died before it finished (its lease has run out)."""
+    abandoned = and_(ClassSession.warmed_count == WARMING, ClassSession.warmed_at < now - WARM_LEASE)
+    return or_(ClassSession.warmed_at.is_(None), abandoned)
+
+
 def _warm(rt: Runtime, session_id: int) -> Warmed | None:
     now = utcnow()
     with rt.session() as session:
         claimed = session.execute(
-            update(ClassSession).where(ClassSession.id == session_id, ClassSession.warmed_at.is_(None)).values(warmed_at=now)
+            update(ClassSession).where(ClassSession.id == session_id, _unclaimed(now)).values(warmed_at=now, warmed_count=WARMING)
         ).rowcount == 1
         session.commit()
         if not claimed:
             return None
         found = session.get(ClassSession, session_id)
         activity = found.activity
-        learners = _likeliest_learners(session, activity, found.warm_pool)
+        already = _already_warmed(session, session_id)
+        learners = _likeliest_learners(session, activity, found.warm_pool - already)
         room, limited_by = _room(session, activity)
         actor, pool, activity_id = found.created_by, found.warm_pool, activity.id
     chosen = learners[:room]
     if len(learners) > room:
         reason = limited_by
     else:
-        reason = "" if len(learners) == pool else "fewer learners without a lab of it"
+        reason = "" if already + len(learners) == pool else "fewer learners without a lab of it"
     started = [lab_id for lab_id in (_start(rt, user_id, activity_id, session_id, actor) for user_id in chosen) if lab_id is not None]
     with rt.session() as session:
-        session.execute(update(ClassSession).where(ClassSession.id == session_id).values(warmed_count=len(started)))
-        detail = f"{len(started)} of {pool} labs pre-warmed" + (f" ({reason})" if reason and len(started) < pool else "")
+        total = already + len(started)
+        session.execute(update(ClassSession).where(ClassSession.id == session_id).values(warmed_count=total))
+        detail = f"{total} of {pool} labs pre-warmed" + (f" ({reason})" if reason and total < pool else "")
         audit.record(session, actor, "class_session.warm", target=f"class_session:{session_id}", detail=detail + (f": labs {started}" if started else ""))
         session.commit()
     return Warmed(session_id, started, reason)
+
+
+def _already_warmed(session: Session, session_id: int) -> int:
+    """Labs an earlier, interrupted run of this session's warm-up started (their learners may have come since)."""
+    return session.scalar(
+        select(func.count()).select_from(LabEvent).where(LabEvent.from_state == "", LabEvent.reason == _warm_reason(session_id))
+    ) or 0
+
+
+def _warm_reason(session_id: int) -> str:
+    return f"pre-warmed for class session {session_id}"
 
 
 def _likeliest_learners(session: Session, activity: Activity, pool: int) -> list[int]:
@@ -266,7 +291,7 @@ def _start(rt: Runtime, user_id: int, activity_id: int, session_id: int, actor: 
         if marked:
             session.execute(
                 update(LabEvent).where(LabEvent.lab_id == lab.id, LabEvent.from_state == "")
-                .values(reason=f"pre-warmed for class session {session_id}")
+                .values(reason=_warm_reason(session_id))
             )
         session.commit()
     return lab.id if marked else None

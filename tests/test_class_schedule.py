@@ -191,6 +191,39 @@ def test_two_schedulers_racing_warm_a_session_once(rt: Runtime, world: World, kl
     assert len(audit(rt, "class_session.warm")) == 1 and stored(rt, found.id).warmed_count == 3
 
 
+class Crash(BaseException):
+    """The warm-up's process dying midway (not an error the warm-up could catch and log)."""
+
+
+def test_a_warm_up_that_died_midway_is_finished_by_a_later_run_without_warming_anyone_twice(
+    rt: Runtime, world: World, klass: dict[str, int], clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    found = schedule_in(rt, world, 10, pool=3, lead=10)
+    launch, calls = services.launch, []
+
+    def dies_at_the_third(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(args)
+        if len(calls) == 3:
+            raise Crash()
+        return launch(*args, **kwargs)
+
+    monkeypatch.setattr(services, "launch", dies_at_the_third)
+    with pytest.raises(Crash):
+        class_schedule.prewarm_due(rt)
+    monkeypatch.setattr(services, "launch", launch)
+    assert len(labs_of(rt, world)) == 2
+    assert class_schedule.prewarm_due(rt) == 0, "within its lease the warm-up may still be running elsewhere"
+
+    clock.advance(class_schedule.WARM_LEASE.total_seconds() + 1)
+    assert class_schedule.prewarm_due(rt) == 1, "only the missing lab is started"
+    labs = labs_of(rt, world)
+    assert set(labs) == {klass["learner-1"], klass["learner-2"], klass["learner-3"]}
+    assert all(lab.prewarmed_by == found.id for lab in labs.values())
+    assert stored(rt, found.id).warmed_count == 3
+    assert audit(rt, "class_session.warm")[-1].detail.startswith("3 of 3 labs pre-warmed")
+    assert class_schedule.prewarm_due(rt) == 0
+
+
 def test_the_warm_up_takes_no_place_a_learner_would_wait_for(rt: Runtime, world: World, klass: dict[str, int], clock: Clock) -> None:
     services.launch(rt, klass["learner-1"], world.activity_id, "user:1")
     run_queued_jobs(rt)
