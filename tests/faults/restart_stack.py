@@ -44,20 +44,24 @@ class Web:
 
 
 @contextmanager
-def gunicorn_web(settings: Settings, log_dir: Path) -> Iterator[Web]:
-    port = free_port()
-    argv = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1",
-            "--worker-class", "gthread", "--threads", "4", "app:create_app()"]
-    log = log_dir / "gunicorn.log"
-    with log.open("wb") as out:
-        master = subprocess.Popen(argv, cwd=ROOT, env=settings_env(settings), stdout=out, stderr=subprocess.STDOUT)
-    web = Web(f"http://127.0.0.1:{port}", master)
+def gunicorn_webs(settings: Settings, log_dir: Path, count: int = 1) -> Iterator[list[Web]]:
+    """`count` web processes (each a load balancer's backend), started together, stopped by PID."""
+    webs: list[Web] = []
     try:
-        wait_until(lambda: master.poll() is not None or _answers(web.url), timeout=60, what="gunicorn to answer")
-        assert master.poll() is None, log.read_text()
-        yield web
+        for index in range(count):
+            port = free_port()
+            argv = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1",
+                    "--worker-class", "gthread", "--threads", "4", "app:create_app()"]
+            with (log_dir / f"gunicorn-{index}.log").open("wb") as out:
+                master = subprocess.Popen(argv, cwd=ROOT, env=settings_env(settings), stdout=out, stderr=subprocess.STDOUT)
+            webs.append(Web(f"http://127.0.0.1:{port}", master))
+        for web in webs:
+            wait_until(lambda: web.master.poll() is not None or _answers(web.url), timeout=60, what="gunicorn to answer")
+            assert web.master.poll() is None, f"gunicorn exited; see {log_dir}"
+        yield webs
     finally:
-        stop_process(master, grace=15)
+        for web in webs:
+            stop_process(web.master, grace=15)
 
 
 def _answers(url: str) -> bool:

@@ -34,7 +34,7 @@ from broker.testing.fake import reset_memory
 from tests.conftest import make_settings
 from tests.faults.restart_stack import (
     NOTHING_CHANGED, UNAVAILABLE, Page, Web, assert_no_orphans, assert_none_stuck, drive_to_running,
-    gunicorn_web, reasons, script_backend, signed_in,
+    gunicorn_webs, reasons, script_backend, signed_in,
 )
 from tests.support.private_services import PrivateRedis, private_redis
 from tests.support.waiting import lab_row, wait_state, wait_until
@@ -70,7 +70,7 @@ def rt(settings: Settings) -> Iterator[Runtime]:
 
 @pytest.fixture
 def web(settings: Settings, tmp_path: Path) -> Iterator[Web]:
-    with gunicorn_web(settings, tmp_path) as server:
+    with gunicorn_webs(settings, tmp_path) as [server]:
         yield server
 
 
