@@ -45,6 +45,9 @@ STEPS: dict[LabState, Step] = {
 
 
 _STOPPED = "The lab machine stopped unexpectedly. Reset the lab to start again."
+# A lab whose retries are spent must not keep the retrying message ("… LabDesk keeps trying"): it says it stopped.
+GAVE_UP = "The lab service did not answer, so LabDesk stopped trying. Reset the lab to try again; if it happens again, tell your instructor."
+GAVE_UP_FULL = "No lab machine became free in time. Reset the lab to try again later."
 _FAILED = {"provision": "The lab could not be created. Reset the lab to try again; if it fails again, tell your instructor."}
 
 # A job enqueued for a requested lab goes on to drive its provisioning.
@@ -217,7 +220,7 @@ def _back_off(session: Session, lab: Lab, exc: ConnectorError, minimum: int = 1)
         job.save_meta()
     log.warning("lab %s: %s (attempt %s)", lab.id, exc, failures)
     if failures > rt.settings.max_transient_retries:
-        _fail(session, lab, exc.user_message, f"gave up after {failures} attempts: {exc}")
+        _fail(session, lab, GAVE_UP_FULL if isinstance(exc, CapacityError) else GAVE_UP, f"gave up after {failures} attempts: {exc}")
         return None
     lab.message = exc.user_message[:500]
     session.commit()

@@ -210,6 +210,10 @@ class HeatConnector(Connector):
                 full.append(provider.name)
                 continue
             except ConnectorError as exc:
+                made = self._made_anyway(provider, request.lab_id) if isinstance(exc, TransientError) else None
+                if made is not None:
+                    log.warning("lab %s: the create on %s got no answer (%s) but made stack %s: adopted", request.lab_id, provider.name, exc, made)
+                    return self._handle(request, provider.name, made, tried, failures)
                 transient = transient or isinstance(exc, TransientError)
                 failures = [*failures, f"{provider.name}: {exc}"]
                 tried = [*tried, provider.name]
@@ -262,6 +266,17 @@ class HeatConnector(Connector):
         self._delete_stack(provider, stack.id)
         log.warning("lab %s: stack on %s failed (%s); now on %s", request.lab_id, provider.name, reason, moved["provider"])
         return Observation(ObservedState.PENDING, 0, f"Trying another cloud ({moved['provider']})", handle=moved)
+
+    def _made_anyway(self, provider: Provider, lab_id: int) -> str | None:
+        """The id of the lab's stack a create made although its answer was lost (a 502 or a dropped
+        connection after Heat took the request), if Heat lists one that is sound: adopting it, rather than
+        deleting it and creating another, is one create per lab. None when Heat lists none or cannot say."""
+        try:
+            stacks = self._stacks_of(provider, naming.lab_tag(self.prefix, lab_id))
+        except (ConnectorError, StackNotFound):
+            return None
+        sound = [s for s in stacks if s.stack_status not in LIVE_GONE and s.stack_status not in WENT_WRONG]
+        return str(sound[0].id) if sound else None
 
     def _clean_up_after_failed_create(self, provider: Provider, lab_id: int) -> None:
         """A create that timed out may still have made the stack: delete whatever exists for the lab."""
