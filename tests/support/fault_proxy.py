@@ -181,8 +181,8 @@ class _Handler(BaseHTTPRequestHandler):
         mode = fault.mode if fault else ""
         if fault is not None and fault.mode == "fail":
             status = fault.status or 503
+            proxy.record(Seen(self.command, path, body, mode, False, status))  # recorded before the client hears
             self._answer(status, *_error_body(status, fault.body))
-            proxy.record(Seen(self.command, path, body, mode, False, status))
             return
         if fault is not None and fault.mode == "hang":
             proxy.record(Seen(self.command, path, body, mode, False, None))
@@ -191,19 +191,19 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             status, reason, headers, payload, chunked = self._forward(body)
         except OSError as exc:  # the upstream is down: what a proxy says then
-            self._answer(502, *_error_body(502, "html", f"upstream unreachable: {exc}"))
             proxy.record(Seen(self.command, path, body, mode, False, 502))
+            self._answer(502, *_error_body(502, "html", f"upstream unreachable: {exc}"))
             return
         if fault is not None:  # lose_answer: the upstream did the work, the client never learns it
+            proxy.record(Seen(self.command, path, body, mode, True, fault.status))
             if fault.status is None:
                 self.close_connection = True
                 self.connection.shutdown(socket.SHUT_RDWR)
             else:
                 self._answer(fault.status, *_error_body(fault.status, fault.body))
-            proxy.record(Seen(self.command, path, body, mode, True, fault.status))
             return
-        self._relay(status, reason, headers, payload, chunked)
         proxy.record(Seen(self.command, path, body, "", True, status))
+        self._relay(status, reason, headers, payload, chunked)
 
     def _read_body(self) -> bytes:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
