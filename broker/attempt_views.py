@@ -7,12 +7,38 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from broker.clock import utcnow
 from broker.grades import Scored, score_dict, policy_choice, scored
-from broker.models import ACTIVE_ATTEMPT_STATES, Activity, CheckAttempt, User
+from broker.models import ACTIVE_ATTEMPT_STATES, Activity, CheckAttempt, ScoreOutbox, User
 from broker.runtime import Runtime
 from broker.services import NotFound
+
+
+# What the learner reads under their score about its way to the LMS gradebook (the newest outbox row of
+# the activity and learner): an LMS that is down must not look like a lost grade.
+GRADEBOOK = {
+    "sending": "Your score is recorded and is being sent to your course's gradebook.",
+    "waiting": "Your score is recorded. Your course's gradebook is not answering right now; LabDesk will send it as soon as it does.",
+    "sent": "Your score was sent to your course's gradebook.",
+    "failed": "Your score is recorded in LabDesk but could not be sent to your course's gradebook. Please tell your instructor.",
+}
+
+
+def gradebook(session: Session, activity_id: int, user_id: int) -> dict[str, str] | None:
+    """Where the learner's latest score for the activity is on its way to the LMS, with the sentence to
+    show; None when no score was recorded. "waiting": a delivery of a score still pending failed (scores
+    go out in order, so a newer one waits behind it) and the outbox retries."""
+    mine = (ScoreOutbox.activity_id == activity_id, ScoreOutbox.user_id == user_id)
+    latest = session.scalar(select(ScoreOutbox.state).where(*mine).order_by(ScoreOutbox.id.desc()).limit(1))
+    if latest is None:
+        return None
+    state = latest
+    if latest == "pending":
+        failed_before = session.scalar(select(ScoreOutbox.id).where(*mine, ScoreOutbox.state == "pending", ScoreOutbox.attempts > 0).limit(1))
+        state = "waiting" if failed_before is not None else "sending"
+    return {"state": state, "message": GRADEBOOK[state]}
 
 
 def attempt_view(rt: Runtime, attempt_id: int, as_instructor: bool, *, user_id: int | None = None) -> dict[str, Any]:
@@ -40,6 +66,7 @@ def attempt_view(rt: Runtime, attempt_id: int, as_instructor: bool, *, user_id: 
             "finished_at": _time(attempt.finished_at),
             "error": attempt.error,
             "results_hidden_until": _time(hide_until) if hidden else None,
+            "gradebook": None,  # hidden in exam mode, as the score is
         }
         if hidden:
             view.update(score_given=None, score_maximum=None, passed=None, total=len(results), checks=[
@@ -47,6 +74,7 @@ def attempt_view(rt: Runtime, attempt_id: int, as_instructor: bool, *, user_id: 
             ])
             return view
         view.update(
+            gradebook=gradebook(session, attempt.activity_id, attempt.user_id) if attempt.state == "done" else None,
             score_given=attempt.score_given,
             score_maximum=attempt.score_maximum,
             passed=sum(1 for r in results if r.get("state") == "passed"),

@@ -27,6 +27,7 @@ import pytest
 from sqlalchemy import select
 
 from broker import images
+from broker.attempt_views import GRADEBOOK
 from broker.config import Settings
 from broker.models import Backend, CheckAttempt, Image, Lab
 from broker.runtime import Runtime
@@ -250,6 +251,10 @@ def test_a_learner_checks_their_work_sees_the_hint_then_the_score_in_the_gradebo
     cell = gradebook_cell(page, stack.url, "emu-learner-1", r"\b10/10\b")
     assert "Completed" in cell and "FullyGraded" in cell
     page.screenshot(path=str(tmp_path / "gradebook.png"), full_page=True)
+    # …and the lab page says so under the score (docs/grading.md).
+    back = watched(context.new_page())
+    back.goto(f"{stack.url}/labs/{lab_id}")
+    back.locator("#check-gradebook").filter(has_text=GRADEBOOK["sent"]).wait_for(timeout=10000)
     context.close()
     assert PAGE_ERRORS == [], "no script error on any page"
 

@@ -45,7 +45,7 @@ SPEC = {
     "max_score": 10,
 }
 LEARNER_VIEW = {"id", "lab_id", "state", "finished", "trigger", "created_at", "finished_at", "error",
-                "results_hidden_until", "score_given", "score_maximum", "passed", "total", "checks", "url"}
+                "results_hidden_until", "score_given", "score_maximum", "passed", "total", "checks", "url", "gradebook"}
 CHECK_FIELDS = {"id", "title", "state", "feedback", "hint", "seconds"}
 
 

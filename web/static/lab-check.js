@@ -9,6 +9,8 @@ import { setText } from "./lab-progress.js";
 
 const POLL_MS = 1000;
 const WATCH_REFRESH_MS = 5000;
+const GRADEBOOK_POLL_MS = 10000; // while the score is on its way to the LMS: "waiting" turns to "sent"
+const GRADEBOOK_PENDING = new Set(["sending", "waiting"]);
 const FINISHED = new Set(["done", "error"]);
 const CHECK_DONE = new Set(["passed", "failed", "error", "done"]); // "done": finished, result hidden (exam mode)
 const MARKS = {
@@ -141,6 +143,9 @@ export class CheckPanel {
     this.#render(attempt);
     window.clearTimeout(this.timer);
     if (!FINISHED.has(attempt.state)) this.timer = window.setTimeout(() => this.#poll(), POLL_MS);
+    else if (attempt.gradebook && GRADEBOOK_PENDING.has(attempt.gradebook.state)) {
+      this.timer = window.setTimeout(() => this.#poll(), GRADEBOOK_POLL_MS);
+    }
   }
 
   async #poll() {
@@ -191,6 +196,9 @@ export class CheckPanel {
     const score = attempt.state === "done" ? scoreOf(attempt) : "";
     el.score.hidden = !score;
     setText(el.score, score ? `Score: ${score}` : "");
+    const gradebook = attempt.state === "done" && attempt.gradebook ? attempt.gradebook.message : "";
+    el.gradebook.hidden = !gradebook;
+    setText(el.gradebook, gradebook);
 
     const hiddenUntil = attempt.results_hidden_until;
 

@@ -533,6 +533,7 @@ class LabPage {
         body: byId("check-body"),
         progress: byId("check-progress"),
         score: byId("check-score"),
+        gradebook: byId("check-gradebook"),
         list: byId("check-list"),
       },
     };
