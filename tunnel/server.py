@@ -15,7 +15,7 @@ import re
 import secrets
 from urllib.parse import parse_qs, urlsplit
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 from websockets.exceptions import ConnectionClosed
@@ -35,6 +35,7 @@ from tunnel.relay import relay
 
 log = logging.getLogger(__name__)
 PATH = "/tunnel"
+REDIS_CONNECTIONS = 100  # per tunnel process; sessions wait their turn past it (each holds one only while it writes)
 SERVER_BUSY, UPSTREAM_NOT_FOUND, NOT_FOUND = 0x0201, 0x0207, 0x0204
 _TIMEZONE = re.compile(r"^[A-Za-z0-9_+\-/]{1,64}$")
 _MIMETYPE = re.compile(r"^[a-z]+/[A-Za-z0-9.+\-;=]{1,64}$")
@@ -47,7 +48,10 @@ class TunnelServer:
         self.settings = settings
         self.rt = rt
         self.minter = TokenMinter(secret_key(settings), settings.tunnel_token_ttl)
-        self.redis = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
+        # Blocking: past its size the pool waits for a free connection, where redis-py's default pool raises
+        # "Too many connections" (a burst of sessions ending at once; tests/tunnel/test_tunnel_redis_burst.py).
+        self.redis = Redis.from_pool(BlockingConnectionPool.from_url(
+            settings.redis_url, max_connections=REDIS_CONNECTIONS, timeout=10, socket_timeout=5, socket_connect_timeout=2))
         addresses = [parse_address(text) for text in settings.guacd_hosts]
         self.hosts = GuacdHosts(addresses, self.redis, settings.guacd_check_interval)
         self.live = LiveSessions(self.redis)
