@@ -59,6 +59,7 @@ def suspend_idle(rt: Runtime) -> int:
 
 def expire_stuck(rt: Runtime) -> int:
     """Labs past their deadline: run their job again (a worker may have died), or fail them for good."""
+    requeue_lost(rt)
     with rt.session() as session:
         overdue = session.scalars(
             select(Lab).where(Lab.state.in_([s.value for s in IN_PROGRESS]), Lab.deadline < utcnow())
@@ -74,6 +75,21 @@ def expire_stuck(rt: Runtime) -> int:
             move = Move(f"deadline passed while {lab.state}", "sweep")
             failed += transition(session, rt.settings, lab.id, S(lab.state), S.FAILED, move, message=message)
         return _enqueue_all(rt, session, retried) + failed
+
+
+def requeue_lost(rt: Runtime) -> int:
+    """Right after Redis (re)starts, put back the job of every lab in progress (docs/faults.md).
+
+    A Redis that keeps nothing on disk comes back empty: queued jobs and the polls rq had scheduled are
+    gone, and their labs would wait for their deadline (10 or 15 minutes) with nothing happening. The ids
+    are the ones the lost jobs had, and a batch enqueue leaves alone an id whose job still waits or runs,
+    so this adds nothing when nothing was lost, and spends none of the labs' recoveries.
+    """
+    if int(rt.redis.info("server")["uptime_in_seconds"]) >= 4 * rt.settings.sweep_interval:
+        return 0
+    with rt.session() as session:
+        ids = session.scalars(select(Lab.id).where(Lab.state.in_([s.value for s in IN_PROGRESS]))).all()
+        return _enqueue_all(rt, session, list(ids))
 
 
 def _recover(rt: Runtime, session: Session, lab: Lab) -> bool:

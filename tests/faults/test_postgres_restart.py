@@ -27,7 +27,7 @@ from tests.faults.restart_stack import (
     NOTHING_CHANGED, UNAVAILABLE, Web, assert_no_orphans, assert_none_stuck, drive_to_running, gunicorn_webs,
     reasons, script_backend, signed_in,
 )
-from tests.support.private_services import PrivatePostgres, private_postgres
+from tests.support.private_services import PrivatePostgres, restartable_postgres  # noqa: F401  (a fixture)
 from tests.support.waiting import lab_row, wait_state, wait_until
 from tests.support.workers import WorkerPool
 from tests.support.world import World
@@ -38,14 +38,8 @@ OUTAGE = 4.0  # seconds: longer than the workers' backend calls (2 s), so their 
 
 
 @pytest.fixture
-def database() -> Iterator[PrivatePostgres]:
-    with private_postgres() as server:
-        yield server
-
-
-@pytest.fixture
-def settings(database: PrivatePostgres, tmp_path: Path, redis_client: Any) -> Settings:
-    return make_settings(database.url, tmp_path, requested_deadline=8, provisioning_deadline=8, orphan_grace=1)
+def settings(restartable_postgres: PrivatePostgres, tmp_path: Path, redis_client: Any) -> Settings:
+    return make_settings(restartable_postgres.url, tmp_path, requested_deadline=8, provisioning_deadline=8, orphan_grace=1)
 
 
 @pytest.fixture
@@ -65,7 +59,7 @@ def webs(settings: Settings, tmp_path: Path) -> Iterator[list[Web]]:
 
 
 def test_a_postgresql_restart_is_a_readable_pause_and_the_same_processes_carry_on(
-    rt: Runtime, world: World, fake_dir: Path, database: PrivatePostgres, pool: WorkerPool, webs: list[Web]
+    rt: Runtime, world: World, fake_dir: Path, restartable_postgres: PrivatePostgres, pool: WorkerPool, webs: list[Web]
 ) -> None:
     web, quiet = webs
     workers = [w.pid for w in pool.processes]
@@ -81,7 +75,7 @@ def test_a_postgresql_restart_is_a_readable_pause_and_the_same_processes_carry_o
                timeout=20, what="both workers inside a provision call")
 
     bobs_form = bob.csrf_token()  # Bob has the course page open, its "Open lab" form loaded
-    database.stop()
+    restartable_postgres.stop()
     down_at = time.monotonic()
     page = ada.get(f"/labs/{ada_lab}")
     assert page.status_code == 503
@@ -101,7 +95,7 @@ def test_a_postgresql_restart_is_a_readable_pause_and_the_same_processes_carry_o
         refusals += 1
         time.sleep(0.2)
 
-    database.start()
+    restartable_postgres.start()
     up_at = time.monotonic()
     back = ada.get(f"/labs/{ada_lab}")  # the very first request after the restart
     answered_at = time.monotonic()
