@@ -181,7 +181,12 @@ def _claimed(session: Session, backend_id: int) -> set[int]:
 
 
 def _delete_orphans(rt: Runtime, backend: Backend, orphans: list[ManagedObject], connector: Connector) -> int:
-    """Delete orphans seen unclaimed for `orphan_grace`; remember when the others were first seen."""
+    """Delete orphans seen unclaimed for `orphan_grace`; remember when the others were first seen.
+
+    Two passes may run at once (two schedulers, or a backlog: tests/test_scale_out.py). Only the pass that
+    takes an orphan's note out of Redis deletes it, so each object gets one delete call. An orphan is
+    always noted by an earlier pass first (`orphan_grace` is at least 1 s).
+    """
     key = ORPHANS_KEY.format(backend=backend.id)
     now = utcnow().replace(tzinfo=UTC).timestamp()  # the broker's clock, so a simulation can age orphans
     first_seen = {int(k): float(v) for k, v in rt.redis.hgetall(key).items()}
@@ -190,8 +195,9 @@ def _delete_orphans(rt: Runtime, backend: Backend, orphans: list[ManagedObject],
     for orphan in orphans:
         seen = first_seen.get(orphan.lab_id, now)
         if now - seen >= rt.settings.orphan_grace:
-            connector.delete(orphan.handle)
-            deleted += 1
+            if rt.redis.hdel(key, str(orphan.lab_id)):
+                connector.delete(orphan.handle)
+                deleted += 1
         else:
             keep[str(orphan.lab_id)] = seen
     with rt.redis.pipeline() as pipe:
