@@ -9,12 +9,18 @@ bench/scale_out.py runs the same day for 40 learners and prints labs per minute 
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 from redis import Redis
 
+from broker import schedule
+from broker.connector import LabSpec
+from broker.models import Backend
+from broker.runtime import Runtime
+from broker.testing.fake import FakeConnector, read_call_log
 from tests.conftest import make_settings
 from tests.lti.signing_platform import SigningPlatform
 from tests.support import scale_scenario
@@ -22,8 +28,9 @@ from tests.support.guacd_double import GuacdDouble
 from tests.support.scale_scenario import Outcome
 from tests.support.services import create_pg_database, drop_pg_database, require_postgres
 from tests.support.stack import Shape
+from tests.support.world import World
 
-pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.timeout(900)]
+pytestmark = pytest.mark.postgres
 LEARNERS = 12
 ONE_OF_EACH = Shape(web=1, tunnel=1, workers=1, schedulers=1)
 SCALED_OUT = Shape(web=3, tunnel=2, workers=4, schedulers=2)
@@ -75,6 +82,8 @@ def check_alone(outcome: Outcome) -> None:
         assert seen["scores"] == [("done", 5.0)], f"{subject}: one check; one of its two checks passed"
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_several_processes_of_each_kind_give_the_same_results_as_one_of_each(
     tmp_path: Path, redis_client: Redis, lms: SigningPlatform, guacd: GuacdDouble
 ) -> None:
@@ -84,3 +93,35 @@ def test_several_processes_of_each_kind_give_the_same_results_as_one_of_each(
     many = day_on(SCALED_OUT, tmp_path / "many", redis_client, lms, guacd)
     check_alone(many)
     assert many.comparable() == one.comparable()
+
+
+@pytest.fixture
+def db_url(pg_only: str) -> str:
+    """PostgreSQL: the reconcilers below run at once, as on two workers."""
+    return pg_only
+
+
+def test_two_reconcilers_at_once_delete_an_orphan_once(rt: Runtime, world: World, fake_dir: Path) -> None:
+    """Two schedulers each enqueue the reconciler; a pass whose job id's time bucket has turned (or a
+    backlog) runs it twice at once. The object no lab claims must still be deleted once."""
+    config = {"state_dir": str(fake_dir), "call_latency": 0.3}  # both passes list before either deletes
+    with rt.session() as db:
+        db.get(Backend, world.backend_id).config = config
+        db.commit()
+    FakeConnector("fake", config).provision(LabSpec(9999, "img-fake", "nobody"))  # no lab row claims it
+    rt.redis.hset(schedule.ORPHANS_KEY.format(backend=world.backend_id), "9999", 0)  # unclaimed for ages
+    start = threading.Barrier(2)
+    results: list[dict[str, int]] = []
+
+    def reconcile() -> None:
+        start.wait(timeout=10)
+        results.append(schedule.reconcile_backend(rt, world.backend_id))
+
+    passes = [threading.Thread(target=reconcile) for _ in range(2)]
+    for thread in passes:
+        thread.start()
+    for thread in passes:
+        thread.join(timeout=30)
+    assert [op for op, lab, _, _ in read_call_log(fake_dir) if lab == 9999] == ["provision", "delete"]
+    assert sorted(result["orphans_deleted"] for result in results) == [0, 1]
+    assert FakeConnector("fake", config).list_managed() == []

@@ -26,9 +26,8 @@ from typing import Any, Callable
 from urllib.parse import parse_qs, urlsplit
 
 import requests
-from sqlalchemy import select
-
 from redis import Redis
+from sqlalchemy import select
 
 from broker import admins, migrate, schedule
 from broker.config import Settings
@@ -292,8 +291,13 @@ def day(shape: Shape, work: Path, settings_for: Callable[..., Settings], redis: 
     rt = Runtime(settings, redis=redis)
     try:
         seed(settings, rt, lms, work / "fake")
+        started = time.monotonic()
         with Stack(settings, work, shape, QUEUES, ports) as stack:
-            return run(stack, rt, lms, guacd, learners, work / "fake")
+            up = time.monotonic() - started
+            outcome = run(stack, rt, lms, guacd, learners, work / "fake")
+            stopping = time.monotonic()
+        outcome.figures = {"start processes": up, **outcome.figures, "stop processes": time.monotonic() - stopping}
+        return outcome
     finally:
         rt.close()
 
