@@ -120,7 +120,7 @@ async def drive(stack: Stack, lms: SigningPlatform, recorder: Recorder,
     finally:
         probe.cancel()
         sampler.stop()
-        driver.pool.shutdown(wait=False, cancel_futures=True)
+        driver.close()
     wall = time.monotonic() - t0
     load = [
         ("driver_cpu", round(100 * (sum(os.times()[:2]) - cpu0) / wall), "% of one core (this process: the learners, HTTP threads, WebSockets)"),

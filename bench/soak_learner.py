@@ -63,12 +63,20 @@ class Driver:
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="soak-http")
         self._local = threading.local()
         self.stale_retries = 0
+        self.sessions: list[requests.Session] = []
+
+    def close(self) -> None:
+        """End the thread pool and its kept-alive connections (gunicorn waits for open ones when it stops)."""
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        for http in self.sessions:
+            http.close()
 
     def _session(self) -> requests.Session:
         http = getattr(self._local, "http", None)
         if http is None:  # one per thread, for its keep-alive connections; cookies are never kept in it
             http = self._local.http = requests.Session()
             http.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
+            self.sessions.append(http)
         return http
 
     def _call(self, method: str, url: str, kwargs: dict[str, Any]) -> tuple[requests.Response | None, float, str]:

@@ -23,7 +23,7 @@ from bench.common import PG_ADMIN_URL, REDIS_URL
 @dataclass
 class Sample:
     at: float  # seconds since the learners started
-    rss_kb: dict[str, int]  # per stack process; an rq worker's VmRSS plus its children's private memory
+    rss_kb: dict[str, int]  # VmRSS per stack process; for an rq worker's children, their private memory summed
     db_connections: int
     redis_bytes: int
     redis_clients: int
@@ -61,7 +61,8 @@ class Sampler:
                 return
 
     def take(self) -> Sample:
-        rss = {name: rss_kb(pids[0]) + sum(private_kb(pid) for pid in pids[1:]) for name, pids in self.pids().items()}
+        rss = {name: sum(private_kb(pid) for pid in pids) if name.endswith("_children") else sum(rss_kb(pid) for pid in pids)
+               for name, pids in self.pids().items()}
         with self._engine.connect() as connection:
             count = connection.execute(text("SELECT count(*) FROM pg_stat_activity WHERE datname = :name"),
                                        {"name": self.database}).scalar_one()

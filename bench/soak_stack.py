@@ -114,8 +114,8 @@ class Stack:
         return ", ".join(name for name, process in self.processes.items() if process.poll() is not None)
 
     def pids(self) -> dict[str, list[int]]:
-        """Each stack process's PIDs now: gunicorn's master and workers apart, each rq worker with the
-        work-horse it has forked at this moment (if any)."""
+        """Each stack process's PIDs now: gunicorn's master and workers apart, and each rq worker's children
+        (rq's scheduler, and the work-horse it has forked at this moment, if any) as `<worker>_children`."""
         found: dict[str, list[int]] = {}
         for name, process in self.processes.items():
             if name == "guacd_double":
@@ -125,7 +125,8 @@ class Stack:
                 for index, child in enumerate(sorted(children_of(process.pid))):
                     found[f"web_worker_{index + 1}"] = [child]
             elif name.startswith("worker_"):
-                found[name] = [process.pid, *children_of(process.pid)]
+                found[name] = [process.pid]
+                found[f"{name}_children"] = children_of(process.pid)
             else:
                 found[name] = [process.pid]
         return found
