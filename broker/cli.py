@@ -306,6 +306,9 @@ def scheduler() -> None:
     """Run the cron scheduler that enqueues the periodic sweeps."""
     from rq.cron import CronScheduler
 
+    from broker.rq_workers import OUTAGE_RETRY
+
+    rt().redis.set_retry(OUTAGE_RETRY)  # rides out a Redis restart, as workers do (docs/faults.md)
     cron = CronScheduler(connection=rt().redis)
     schedule.register_cron(cron, rt().settings)
     cron.start()

@@ -1,7 +1,8 @@
 """Redis restarted, coming back EMPTY (it keeps nothing on disk), while labs are provisioning and others run.
 
 Real parts: a private `redis-server` (tests/support/private_services.py; the machine's own is never touched),
-the web as deployed (gunicorn), two `labdesk worker` processes, the sweeps called as the cron calls them,
+the web as deployed (gunicorn), two `labdesk worker` processes, `labdesk scheduler`, the sweeps also called
+at the moments that matter,
 and the fake cloud (slow calls, so the workers are inside backend calls when Redis goes).
 
 What a learner notices: during the outage a launch and a keepalive are refused with "LabDesk is briefly
@@ -38,6 +39,7 @@ from tests.faults.restart_stack import (
     gunicorn_webs, reasons, script_backend, signed_in,
 )
 from tests.support.private_services import PrivateRedis, restartable_redis  # noqa: F401  (a fixture)
+from tests.support.processes import stop_process
 from tests.support.waiting import lab_row, wait_state, wait_until
 from tests.support.workers import ROOT, WorkerPool, settings_env
 from tests.support.world import World
@@ -77,6 +79,22 @@ def pool(settings: Settings, tmp_path: Path) -> Iterator[WorkerPool]:
     workers.stop()
 
 
+@pytest.fixture
+def cron(settings: Settings, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`labdesk scheduler`, which enqueues the sweeps every `sweep_interval` (15 s) on its own as well."""
+    with (tmp_path / "scheduler.log").open("wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "app", "scheduler"], cwd=ROOT, env=settings_env(settings),
+                                   stdout=log, stderr=subprocess.STDOUT)
+    yield process
+    stop_process(process)
+
+
+def health_check(settings: Settings, what: str) -> subprocess.CompletedProcess[str]:
+    """The container health check as compose and Kubernetes run it."""
+    return subprocess.run([sys.executable, "deploy/healthcheck.py", what], cwd=ROOT, env=settings_env(settings),
+                          capture_output=True, text=True, timeout=30)
+
+
 def short_idle(rt: Runtime, world: World) -> None:
     """Idle after 4 s; the page says it is there every second (30 s in production), scaled down alike."""
     with rt.session() as session:
@@ -86,7 +104,8 @@ def short_idle(rt: Runtime, world: World) -> None:
 
 
 def test_an_empty_redis_after_a_restart_loses_no_lab_and_suspends_no_learner_who_is_there(
-    rt: Runtime, world: World, fake_dir: Path, restartable_redis: PrivateRedis, pool: WorkerPool, web: Web, tmp_path: Path
+    rt: Runtime, world: World, fake_dir: Path, restartable_redis: PrivateRedis, pool: WorkerPool, cron: subprocess.Popen[bytes],
+    web: Web, tmp_path: Path
 ) -> None:
     short_idle(rt, world)
     workers = pool.processes
@@ -132,6 +151,7 @@ def test_an_empty_redis_after_a_restart_loses_no_lab_and_suspends_no_learner_who
         assert session.scalars(select(Lab.id).join(User).where(User.subject == "Eve")).all() == []
 
     assert [w.poll() for w in workers] == [None, None], "a worker exited with Redis: " + _logs(tmp_path)
+    assert cron.poll() is None, "the scheduler exited with Redis: " + _logs(tmp_path)
     script_backend(rt, world.backend_id)  # the cloud answers quickly again
     late = eve.lab_id(eve.launch(world.activity_id))
     wait_state(rt, late, S.RUNNING, timeout=30)  # the same workers serve the new, empty Redis
@@ -153,9 +173,11 @@ def test_an_empty_redis_after_a_restart_loses_no_lab_and_suspends_no_learner_who
 
     assert [w.poll() for w in workers] == [None, None]
     assert len(Worker.all(connection=Redis.from_url(rt.settings.redis_url))) == 2  # registered again
-    probe = subprocess.run([sys.executable, "deploy/healthcheck.py", "worker"], cwd=ROOT, env=settings_env(rt.settings),
-                           capture_output=True, text=True, timeout=30)
+    probe = health_check(rt.settings, "worker")
     assert probe.returncode == 0, probe.stderr  # the container's health check passes: no restart needed
+    wait_until(lambda: health_check(rt.settings, "scheduler").returncode == 0, timeout=30, interval=1,
+               what="the scheduler to register again (it heartbeats when its next sweep is due)")
+    assert cron.poll() is None
     assert_no_orphans(rt, world.backend_id, fake_dir)
     assert_none_stuck(rt)
 
@@ -167,4 +189,4 @@ def test_an_empty_redis_after_a_restart_loses_no_lab_and_suspends_no_learner_who
 
 
 def _logs(tmp_path: Path) -> str:
-    return "\n".join(p.read_text()[-3000:] for p in sorted(tmp_path.glob("worker-*.log")))
+    return "\n".join(p.read_text()[-3000:] for p in [*sorted(tmp_path.glob("worker-*.log")), tmp_path / "scheduler.log"])
