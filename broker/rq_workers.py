@@ -1,4 +1,4 @@
-"""rq workers that stop promptly.
+"""rq workers that stop promptly and ride out a Redis restart.
 
 rq 2.x listens for commands (stop, kill the work-horse) on a pub/sub channel, in a thread that waits up to
 60 s for a message. At teardown rq unsubscribes and then stops that thread; redis-py 8.2 made `stop()`
@@ -8,8 +8,8 @@ in-process runs on a busy machine: 6 of 300, each 60.0 s). Tripping the flag fir
 makes that confirmation the thread's last message.
 
 They also ride out a Redis restart (docs/faults.md). rq waits for Redis only while idle (its dequeue loop
-retries); any other command that fails after redis-py's three quick retries (0-14 s, jittered) ends the
-worker: "found an unhandled exception, quitting". That happens when a job ends, or its work-horse reports,
+retries); any other command that fails after redis-py's own retries (10, jittered, capped at 1 s: about
+1 to 5 s in all) ends the worker: "found an unhandled exception, quitting". That happens when a job ends, or its work-horse reports,
 while Redis is still down. And a Redis that comes back empty has forgotten the worker, so rq's own
 registry, `labdesk doctor` and the container health check no longer see it, though it works.
 """
