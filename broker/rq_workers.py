@@ -9,9 +9,10 @@ makes that confirmation the thread's last message.
 
 They also ride out a Redis restart (docs/faults.md). rq waits for Redis only while idle (its dequeue loop
 retries); any other command that fails after redis-py's own retries (10, jittered, capped at 1 s: about
-1 to 5 s in all) ends the worker: "found an unhandled exception, quitting". That happens when a job ends, or its work-horse reports,
-while Redis is still down. And a Redis that comes back empty has forgotten the worker, so rq's own
-registry, `labdesk doctor` and the container health check no longer see it, though it works.
+1 to 5 s in all) ends the worker: "found an unhandled exception, quitting". That happens when a job
+ends, or its work-horse reports, while Redis is still down. And a Redis that comes back empty has
+forgotten the worker, so rq's own registry, `labdesk doctor` and the container health check no longer see
+it, though it works.
 """
 
 from __future__ import annotations
