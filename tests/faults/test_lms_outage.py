@@ -7,8 +7,10 @@ POSTs that reached it, per learner: one each), with the very payload recorded at
 lost; and during the outage each learner's "Check my work" result says their score is recorded and
 waiting to be sent. The tests/lti modules cover one score through a simple outage; this is the crowd.
 
-The back-off between attempts (10 s, then 20 s) is not waited out: the test ages the rows (their
-`next_attempt_at` set to now), as time passing would, and runs the sweep, which is what picks them up.
+The back-off between attempts (10 s, then 20 s) is not waited out: as time passing would, the test ages
+the rows (their `next_attempt_at` set to now) and releases their scheduled retry jobs, and runs the sweep
+on top. (The sweep alone would not hurry them: its job id for a row is the scheduled retry's, and rq does
+not queue an id it holds as scheduled.)
 Figures (attempts made, seconds from the LMS's recovery to the last delivery) are printed (-s).
 """
 
@@ -115,8 +117,8 @@ def sweep_from_two_processes(settings: Settings, times: int = 3) -> list[int]:
 
 
 def release_retry_jobs(rt: Runtime) -> int:
-    """Queue every scheduled back-off retry now (as if their time had come), so they run against rows
-    already handled: each must find its row sent or not due, and send nothing."""
+    """Queue every scheduled back-off retry now, as if its time had come (against rows already handled,
+    each must find its row sent or not due, and send nothing)."""
     queue = Queue(DEFAULT_QUEUE, connection=rt.redis)
     registry = ScheduledJobRegistry(queue=queue)
     ids = registry.get_job_ids()
@@ -196,6 +198,7 @@ def test_scores_graded_while_the_lms_fails_and_hangs_are_each_delivered_once_unc
 
     proxy.hang(path=SCORES)  # now the LMS takes the request and never answers (the 1 s timeout fires)
     age_rows(rt)
+    release_retry_jobs(rt)
     sweep_from_two_processes(settings)
     wait_until(lambda: all("ReadTimeout" in r.last_error for r in firsts(rt)), timeout=30, what="a timed-out attempt of every learner's score")
     assert {r.state for r in rows(rt)} == {"pending"} and proxy.forwarded("POST", SCORES) == []
@@ -204,8 +207,8 @@ def test_scores_graded_while_the_lms_fails_and_hangs_are_each_delivered_once_unc
     proxy.pass_through()
     recovered = utcnow()
     age_rows(rt)
-    for _ in range(2):
-        sweep_from_two_processes(settings)  # overlapping sweeps: duplicate jobs of the same rows
+    release_retry_jobs(rt)
+    swept = [sweep_from_two_processes(settings) for _ in range(2)]  # overlapping sweeps: duplicate jobs of the same rows
     wait_until(lambda: {r.state for r in rows(rt)} == {"sent"}, timeout=60, what="every score sent")
     delivered_in = (max(r.sent_at for r in rows(rt)) - recovered).total_seconds()
     release_retry_jobs(rt)
@@ -220,7 +223,7 @@ def test_scores_graded_while_the_lms_fails_and_hangs_are_each_delivered_once_unc
     attempts = [r.attempts for r in rows(rt)]
     refused = [s.fault for s in proxy.faulted("POST", SCORES)]
     print(f"\nLMS outage: {len(attempts)} scores of {len(LEARNERS)} learners, {sum(attempts)} failed attempts ({refused.count('fail')} answered 503, {refused.count('hang')} hung), "
-          f"all delivered {delivered_in:.1f} s after recovery, each once")
+          f"all delivered {delivered_in:.1f} s after recovery, each once; the sweeps after recovery enqueued {swept}")
 
 
 def test_two_deliveries_of_one_score_at_the_same_moment_send_it_once(
