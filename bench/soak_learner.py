@@ -8,10 +8,8 @@ seconds; "Check my work" at planned moments, following the attempt every second 
 learners leave (close the desktop, send `leave`), wait until the sweep has suspended their lab, and launch
 again, which resumes it. At the end each reports whether its lab runs and its desktop is still streaming.
 
-HTTP goes through `requests` in a thread pool (the calls are few and short; the pool bounds how many are in
-flight), the WebSockets through asyncio `websockets`; both run in the driver's one process. Every call is
-timed and recorded per endpoint (bench/soak_record.py); a status outside the expected ones, or an
-exception, is an error with its message.
+HTTP goes through bench/soak_http.py (a thread pool), the desktop through bench/soak_desktop.py (asyncio
+`websockets`); both run in the driver's one process, and record every call per endpoint.
 """
 
 from __future__ import annotations
@@ -20,22 +18,17 @@ import asyncio
 import json
 import random
 import re
-import threading
 import time
 import urllib.parse
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from http.cookiejar import DefaultCookiePolicy
 from typing import Any
 
 import requests
-from websockets.exceptions import ConnectionClosed
 
 from bench.launch import CONTEXT, LINK, learner
-from bench.soak_record import Recorder
+from bench.soak_desktop import Desktop
+from bench.soak_http import Driver
 from bench.soak_stack import LAB
-from tests.lti.signing_platform import SigningPlatform
-from tunnel.protocol import InstructionReader, encode
 
 ENDPOINTS = ["lti_login", "lti_launch", "lab_page", "lab_status", "connection", "tunnel_open", "tunnel_sync",
              "keepalive", "check", "attempt", "check_result", "leave", "resume"]
@@ -53,60 +46,6 @@ class Plan:
     status_every: float  # 0: no status polls once connected
     checks: int
     away: bool
-
-
-class Driver:
-    """What all learners share: the platform, the recorder, the HTTP thread pool."""
-
-    def __init__(self, base: str, lms: SigningPlatform, recorder: Recorder, threads: int) -> None:
-        self.base, self.lms, self.recorder = base, lms, recorder
-        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="soak-http")
-        self._local = threading.local()
-        self.stale_retries = 0
-        self.sessions: list[requests.Session] = []
-
-    def close(self) -> None:
-        """End the thread pool and its kept-alive connections (gunicorn waits for open ones when it stops)."""
-        self.pool.shutdown(wait=True, cancel_futures=True)
-        for http in self.sessions:
-            http.close()
-
-    def _session(self) -> requests.Session:
-        http = getattr(self._local, "http", None)
-        if http is None:  # one per thread, for its keep-alive connections; cookies are never kept in it
-            http = self._local.http = requests.Session()
-            http.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
-            self.sessions.append(http)
-        return http
-
-    def _call(self, method: str, url: str, kwargs: dict[str, Any]) -> tuple[requests.Response | None, float, str]:
-        """One request; sent once more when a kept-alive connection turned out closed before any answer
-        (gunicorn closes idle ones after 2 s; a browser retries those too), and counted in `stale_retries`."""
-        started = time.perf_counter()
-        for attempt in (1, 2):
-            try:
-                response = self._session().request(method, url, allow_redirects=False, timeout=60, **kwargs)
-                return response, time.perf_counter() - started, ""
-            except requests.ConnectionError as exc:
-                if attempt == 1 and "Connection aborted" in str(exc):
-                    self.stale_retries += 1
-                    started = time.perf_counter()
-                    continue
-                return None, time.perf_counter() - started, f"{type(exc).__name__}: {exc}"
-            except requests.RequestException as exc:
-                return None, time.perf_counter() - started, f"{type(exc).__name__}: {exc}"
-        raise AssertionError("unreachable")
-
-    async def call(self, name: str, method: str, path: str, expect: tuple[int, ...], **kwargs: Any) -> requests.Response | None:
-        """One HTTP call, recorded under `name`; the response when its status is expected, else None."""
-        url = path if path.startswith("http") else self.base + path
-        response, seconds, failure = await asyncio.get_running_loop().run_in_executor(self.pool, self._call, method, url, kwargs)
-        if response is None or response.status_code not in expect:
-            detail = failure or f"{response.status_code} {response.text[:200]!r}"  # type: ignore[union-attr]
-            self.recorder.error(name, f"{method} {urllib.parse.urlsplit(url).path}: {detail}")
-            return None
-        self.recorder.ok(name, seconds)
-        return response
 
 
 class Learner:
@@ -150,15 +89,18 @@ class Learner:
         return sorted(moments, key=lambda m: m[0])
 
     async def arrive(self) -> bool:
-        """Launch, wait for running, open the desktop, start keepalives and status polls."""
-        if not await self.launch() or not await self.wait_for("running", STARTING_POLL):
+        """Launch; keepalives from the moment the page is open (as lab.js: one at once, then every period);
+        wait for running, open the desktop, then the connected page's status polls if asked for."""
+        if not await self.launch():
+            return False
+        self.background = [asyncio.ensure_future(self.every(self.plan.keepalive, self.keepalive))]
+        if not await self.wait_for("running", STARTING_POLL):
             return False
         self.ran = True
         if not await self.open_desktop():
             return False
-        self.background = [asyncio.ensure_future(self.every(self.plan.keepalive, self.keepalive))]
         if self.plan.status_every:
-            self.background.append(asyncio.ensure_future(self.every(self.plan.status_every, self.status)))
+            self.background.append(asyncio.ensure_future(self.every(self.plan.status_every, self.status, random.uniform(0, self.plan.status_every))))
         return True
 
     async def depart(self) -> None:
@@ -230,8 +172,8 @@ class Learner:
     async def keepalive(self) -> None:
         await self.driver.call("keepalive", "POST", f"/api/labs/{self.lab_id}/keepalive", (204,), headers={"Cookie": self.cookie})
 
-    async def every(self, seconds: float, action: Any) -> None:
-        await asyncio.sleep(random.uniform(0, seconds))  # pages opened at different moments
+    async def every(self, seconds: float, action: Any, first: float = 0.0) -> None:
+        await asyncio.sleep(first)
         while True:
             await action()
             await asyncio.sleep(seconds)
@@ -274,86 +216,3 @@ class Learner:
         if await self.arrive():
             self.resumed = True
             self.rec.ok("resume", time.perf_counter() - started)
-
-
-class Desktop:
-    """The desktop WebSocket, as guacamole-common-js uses it: answer every `sync`, move the mouse."""
-
-    def __init__(self, recorder: Recorder) -> None:
-        self.rec = recorder
-        self.last_sync = 0.0
-        self.closed = True
-        self.task: asyncio.Task[None] | None = None
-        self.ws: Any = None
-
-    async def open(self, tunnel_url: str, token: str) -> bool:
-        from websockets.asyncio.client import connect
-
-        query = urllib.parse.urlencode({"token": token, "width": 1280, "height": 720, "dpi": 96})
-        started = time.perf_counter()
-        try:
-            self.ws = await connect(f"{tunnel_url}?{query}", subprotocols=["guacamole"], compression=None, open_timeout=60)  # type: ignore[list-item]
-            self.closed = False
-            reader = InstructionReader()
-            while not self.last_sync:  # the handshake is done and the first frame came when guacd's first sync arrives
-                for instruction in reader.feed_text(await asyncio.wait_for(self.ws.recv(), 60)):
-                    await self._handle(instruction)
-        except Exception as exc:  # noqa: BLE001  (recorded: the learner has no desktop)
-            self.rec.error("tunnel_open", f"{type(exc).__name__}: {exc}")
-            await self.close()
-            return False
-        self.rec.ok("tunnel_open", time.perf_counter() - started)
-        self.task = asyncio.ensure_future(self._stream(reader))
-        return True
-
-    async def _handle(self, instruction: Any) -> None:
-        if instruction.opcode == "sync":
-            self.last_sync = time.monotonic()
-            self.rec.ok("tunnel_sync", max(0.0, time.time() - int(instruction.args[0]) / 1000))  # guacd's clock is ours
-            await self.ws.send(encode("sync", instruction.args[0]))
-        elif instruction.opcode == "error":
-            raise RuntimeError(f"the tunnel sent error {instruction.args}")
-
-    async def _stream(self, reader: InstructionReader) -> None:
-        mouse = asyncio.ensure_future(self._move_mouse())
-        try:
-            async for message in self.ws:
-                for instruction in reader.feed_text(message):
-                    await self._handle(instruction)
-            if not self.closed:
-                self.rec.error("tunnel_sync", f"the tunnel closed the desktop: {self.ws.close_code} {self.ws.close_reason!r}")
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001
-            if not self.closed:
-                self.rec.error("tunnel_sync", f"{type(exc).__name__}: {exc}")
-        finally:
-            mouse.cancel()
-            self.closed = True
-
-    async def _move_mouse(self) -> None:
-        x = y = 100
-        try:
-            while True:
-                await asyncio.sleep(1.0)
-                x, y = (x + 7) % 1280, (y + 5) % 720
-                await self.ws.send(encode("mouse", x, y, 0))
-        except ConnectionClosed:  # the stream task records why
-            pass
-
-    def streaming(self) -> bool:
-        """Open, and a sync came within the last 5 s (guacd sends one a second)."""
-        return not self.closed and time.monotonic() - self.last_sync < 5
-
-    async def close(self) -> None:
-        if self.ws is None or self.closed and self.task is None:
-            return
-        self.closed = True
-        try:
-            await self.ws.send(encode("disconnect"))
-            await self.ws.close()
-        except Exception:  # noqa: BLE001  (already gone: nothing to close)
-            pass
-        if self.task:
-            self.task.cancel()
-            self.task = None
