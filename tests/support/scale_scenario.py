@@ -171,11 +171,12 @@ class Learner:
         return self.http.post(self.url(path), headers={"X-CSRF-Token": token[1]}, timeout=30, **kwargs)
 
     def use_desktop(self, lab_id: int) -> None:
-        """A desktop session through tunnel process i mod M: the first frame, a key press, a ping."""
+        """A desktop session through tunnel process i mod M: the first frame, a key press, a ping. Then
+        the same token, played again on the next tunnel process, is refused: single use across processes."""
         answer = self.post(f"/api/labs/{lab_id}/connection", json={})
         assert answer.status_code == 200, answer.text
-        tunnels = self.stack.tunnel_urls
-        client = TunnelClient(tunnels[self.index % len(tunnels)], answer.json()["token"], width=800, height=600)
+        token, tunnels = answer.json()["token"], self.stack.tunnel_urls
+        client = TunnelClient(tunnels[self.index % len(tunnels)], token, width=800, height=600)
         try:
             client.until("sync", timeout=20)
             client.send("key", 65307, 1)
@@ -184,6 +185,11 @@ class Learner:
             assert client.until("", timeout=20)[1] == ("ping", str(self.index))
         finally:
             client.close()
+        replayed = TunnelClient(tunnels[(self.index + 1) % len(tunnels)], token)
+        try:
+            assert "already used" in replayed.refusal(timeout=20)[0]
+        finally:
+            replayed.close()
 
     def check_my_work(self, lab_id: int) -> float:
         started = self.post(f"/api/labs/{lab_id}/check")

@@ -50,7 +50,7 @@ class Stack:
         self.web_ports = web_ports or [free_port() for _ in range(shape.web)]
         self.workers = WorkerPool(settings, log_dir)
         self.tunnel_ports = [free_port() for _ in range(shape.tunnel)]
-        self.others: list[subprocess.Popen[bytes]] = []  # gunicorn masters and schedulers
+        self.others: list[subprocess.Popen[bytes]] = []  # gunicorn masters, tunnels and schedulers
 
     @property
     def web_urls(self) -> list[str]:
