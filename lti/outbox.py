@@ -6,6 +6,11 @@ activity, rows go out strictly in order: a row waits while an older one of the s
 each delivered (or failed) row hands on to the next. A worker claims a row before sending (a lease on
 `next_attempt_at`), so duplicate jobs for one row never send it twice.
 
+An answer can be lost after the LMS took the score (a timeout, a dropped connection). The retry sends the
+same payload, timestamp included, and an LMS that holds to increasing timestamps refuses it with 409. Rows
+of a pair go out strictly in order, so after an unanswered attempt that 409 can only mean the LMS holds
+this very score (or a newer one LabDesk did not send): the row counts as sent, not failed.
+
 `deliver_due()` is the sweep on rq's cron (registered through the `labdesk.periodic` entry point): it
 enqueues every due row at the head of its pair, which picks up rows whose job was lost (Redis down at
 record time, a worker killed mid-send).
@@ -28,7 +33,7 @@ from broker.runtime import Runtime
 from broker.schedule import Periodic, timed
 from broker.scores import delivery_job
 from lti.ags import post_score
-from lti.service_token import TransientServiceError
+from lti.service_token import PermanentServiceError, TransientServiceError
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +64,21 @@ def _attempt(rt: Runtime, row: ScoreOutbox, payload: dict[str, Any]) -> str:
         post_score(rt, row.activity_id, payload)
     except TransientServiceError as exc:
         return _back_off(rt, row, str(exc))
+    except PermanentServiceError as exc:
+        if not _already_taken(row, exc):
+            _fail(rt, row, str(exc))
+            return "failed"
+        log.info("score %s: taken as delivered, the LMS already holds it (%s)", row.id, exc)
     except LabDeskError as exc:  # refused by the LMS, or nothing to send it to (no grade service, platform removed)
         _fail(rt, row, str(exc))
         return "failed"
     _finish(rt, row, state="sent", sent_at=utcnow(), last_error="")
     return "sent"
+
+
+def _already_taken(row: ScoreOutbox, refused: PermanentServiceError) -> bool:
+    """A 409 for a row that was sent before without an answer: the LMS holds the score already."""
+    return refused.status == 409 and row.attempts > 0
 
 
 def _older_pending(session: Session, row: ScoreOutbox) -> bool:

@@ -252,3 +252,27 @@ def test_two_deliveries_of_one_score_at_the_same_moment_send_it_once(
     assert sorted(results) == ["sent", "taken by another worker"]
     name = first.payload["userId"]
     assert double.scores_for(name) == recorded[name][:1] and len(crowd.proxy.forwarded("POST", SCORES)) == 1
+
+
+def test_a_score_the_lms_took_while_its_answer_was_lost_counts_as_sent_once(
+    rt: Runtime, crowd: Class, proxy: FaultProxy, double: PlatformDouble
+) -> None:
+    """The LMS stores the score, the answer never arrives; the retry carries the same timestamp and the
+    LMS refuses it (409, not newer): the score is in the gradebook once and the learner reads "sent"."""
+    recorded = crowd.grade_everyone()
+    first = firsts(rt)[0]
+    name = first.payload["userId"]
+    proxy.lose_answer(None, path=SCORES)  # forwarded, then the connection is dropped
+
+    assert outbox.deliver(first.id) == "retrying"
+    assert double.scores_for(name) == recorded[name][:1], "the LMS took it"
+
+    proxy.pass_through()
+    age_rows(rt)
+    assert outbox.deliver(first.id) == "sent"
+    assert double.scores_for(name) == recorded[name][:1]
+    [second] = [r for r in rows(rt) if r.user_id == first.user_id and r.id != first.id]
+    assert outbox.deliver(second.id) == "sent", "the learner's next score is not held up behind it"
+    assert double.scores_for(name) == recorded[name]
+    assert {r.state for r in rows(rt) if r.user_id == first.user_id} == {"sent"}
+    assert crowd.gradebook_seen_by(name) == {"state": "sent", "message": GRADEBOOK["sent"]}
