@@ -18,6 +18,7 @@ Run: .venv/bin/python -m bench.scale_out [--learners 40] [--shapes 1/1/1/1,3/2/4
 from __future__ import annotations
 
 import argparse
+import logging
 import tempfile
 from pathlib import Path
 
@@ -49,6 +50,7 @@ def main() -> None:
     if args.learners < 1:
         raise SystemExit("--learners: at least 1")
     shapes = [shape_of(text) for text in args.shapes.split(",")]
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # the LMS double's JWKS requests
     redis = Redis.from_url(REDIS_URL)
     lms = SigningPlatform(client_id="scale-client", deployment_id="scale-deployment")
     figures: list[tuple[str, object, str]] = []
