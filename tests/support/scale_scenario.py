@@ -1,13 +1,13 @@
 """One class's day on a LabDesk `Stack` (tests/support/stack.py), and what it left behind.
 
 Each learner launches through a signed LTI 1.3 launch (login on one web process, launch on the next), waits
-for `running` on the status API, opens the desktop through a tunnel process to the guacd double and
-exchanges a few instructions, runs "Check my work" once (the fake backend's `local` target runs the two
-checks for real), and leaves (the page's `leave` signal). The idle sweep suspends them. Then every
+for `running` on the status API, sends a keepalive, opens the desktop through a tunnel process to the guacd
+double and exchanges a few instructions, runs "Check my work" once (the fake backend's `local` target runs
+the two checks for real), and leaves (the page's `leave` signal). The idle sweep suspends them. Then every
 fourth learner comes back (resume), every fourth other one resets the lab, and an admin deletes every lab
-with the console's bulk action, posted twice at once to two web processes (a double click across
-replicas). Web and tunnel processes are taken round-robin, so consecutive requests of one learner reach
-different processes.
+with the console's bulk action, posted twice at once to two web processes (a double click across replicas).
+Web and tunnel processes are taken round-robin, so consecutive requests of one learner reach different
+processes.
 
 `run` returns an `Outcome`: what a user or admin would notice (per learner: each lab's path through the
 states, its final state, the check scores) and what the backend saw (its call log), so two runs on
@@ -202,6 +202,10 @@ class Learner:
         assert view["state"] == "done", view
         return view["score_given"]
 
+    def keepalive(self, lab_id: int) -> None:
+        """The page's keepalive (web/presence.py reads ownership from the cookie another process signed)."""
+        assert self.http.post(self.url(f"/api/labs/{lab_id}/keepalive"), timeout=30).status_code == 204
+
     def leave(self, lab_id: int) -> None:
         assert self.http.post(self.url(f"/api/labs/{lab_id}/leave"), timeout=30).status_code == 204
 
@@ -219,6 +223,7 @@ class Learner:
 def first_visit(learner: Learner) -> None:
     lab_id = learner.launch()
     learner.wait_for(lab_id, "running")
+    learner.keepalive(lab_id)
     learner.use_desktop(lab_id)
     learner.check_my_work(lab_id)
     learner.leave(lab_id)
