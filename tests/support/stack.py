@@ -92,7 +92,12 @@ class Stack:
             redis.close()
 
     def stop(self) -> None:
-        """SIGTERM every process this stack started (by PID), SIGKILL those that outstay the grace."""
+        """SIGTERM every process this stack started (by PID), SIGKILL those that outstay the grace. All
+        are signalled before any is waited for: a test interrupted while waiting (its time-out) leaves no
+        scheduler behind to enqueue sweeps into the next test's Redis db."""
+        for process in self.others:
+            if process.poll() is None:
+                process.terminate()
         self.workers.stop()
         for process in self.others:
             stop_process(process, grace=15)
