@@ -56,13 +56,6 @@ def settings(pg_only: str, tmp_path: Path, redis_client: Any) -> Settings:
 
 
 @pytest.fixture
-def pool(settings: Settings, tmp_path: Path) -> Iterator[WorkerPool]:
-    workers = WorkerPool(settings, tmp_path)
-    yield workers
-    workers.stop()
-
-
-@pytest.fixture
 def server(rt: Runtime) -> Iterator[LiveServer]:
     yield from serve(create_app(rt.settings, rt))
 
@@ -122,9 +115,9 @@ def course(rt: Runtime, heat: str, proxy: FaultProxy, server: LiveServer) -> Cou
     return Course(rt, heat, proxy, server)
 
 
-def test_heat_answering_503_while_a_lab_is_created_then_recovering(course: Course, pool: WorkerPool) -> None:
+def test_heat_answering_503_while_a_lab_is_created_then_recovering(course: Course, workers: WorkerPool) -> None:
     course.proxy.fail(503)  # every call: the API behind a load balancer with no healthy member
-    pool.start(2)
+    workers.start(2)
     lab_id = course.launch()
 
     wait_until(lambda: len(course.proxy.faulted()) >= 2, timeout=60, what="two attempts answered 503")
@@ -148,13 +141,13 @@ def test_heat_answering_503_while_a_lab_is_created_then_recovering(course: Cours
 
 
 def test_heat_answering_503_for_longer_than_the_retries_fails_the_lab_with_a_readable_message(
-    rt: Runtime, heat: str, proxy: FaultProxy, server: LiveServer, pool: WorkerPool
+    rt: Runtime, heat: str, proxy: FaultProxy, server: LiveServer, workers: WorkerPool
 ) -> None:
     rt.settings = dataclasses.replace(rt.settings, max_transient_retries=2)
-    pool.settings = rt.settings
+    workers.settings = rt.settings
     course = Course(rt, heat, proxy, server)
     proxy.fail(503)
-    pool.start(1)
+    workers.start(1)
     lab_id = course.launch()
 
     failed = wait_state(rt, lab_id, S.FAILED, timeout=60)
@@ -166,8 +159,8 @@ def test_heat_answering_503_for_longer_than_the_retries_fails_the_lab_with_a_rea
     course.nothing_overdue()
 
 
-def test_heat_hanging_while_a_lab_is_suspended_then_recovering(course: Course, pool: WorkerPool) -> None:
-    pool.start(1)  # one worker: each retry below proves the hang did not keep it
+def test_heat_hanging_while_a_lab_is_suspended_then_recovering(course: Course, workers: WorkerPool) -> None:
+    workers.start(1)  # one worker: each retry below proves the hang did not keep it
     lab_id = course.launch()
     wait_state(course.rt, lab_id, S.RUNNING)
     time.sleep(1.5)  # idle past the activity's idle_suspend_after (1 s)
@@ -195,9 +188,9 @@ def test_heat_hanging_while_a_lab_is_suspended_then_recovering(course: Course, p
 
 
 @pytest.mark.parametrize("answer", [502, None], ids=["answered-502", "connection-dropped"])
-def test_a_create_whose_answer_is_lost_makes_one_stack_and_the_lab_runs(course: Course, pool: WorkerPool, answer: int | None) -> None:
+def test_a_create_whose_answer_is_lost_makes_one_stack_and_the_lab_runs(course: Course, workers: WorkerPool, answer: int | None) -> None:
     course.proxy.lose_answer(answer, method="POST", path=CREATE, times=1)  # Heat creates it; LabDesk never hears
-    pool.start(2)
+    workers.start(2)
     lab_id = course.launch()
 
     running = wait_state(course.rt, lab_id, S.RUNNING, timeout=60)

@@ -43,14 +43,6 @@ def settings(restartable_postgres: PrivatePostgres, tmp_path: Path, redis_client
 
 
 @pytest.fixture
-def pool(settings: Settings, tmp_path: Path) -> Iterator[WorkerPool]:
-    workers = WorkerPool(settings, tmp_path)
-    workers.start(2)  # they boot while the web does
-    yield workers
-    workers.stop()
-
-
-@pytest.fixture
 def webs(settings: Settings, tmp_path: Path) -> Iterator[list[Web]]:
     """Two web processes: the learners' one, and a quiet one that gets no request during the outage (its
     pooled connections are the ones the restart cut, and nothing has told it yet)."""

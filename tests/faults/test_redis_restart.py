@@ -72,14 +72,6 @@ def web(settings: Settings, tmp_path: Path) -> Iterator[Web]:
 
 
 @pytest.fixture
-def pool(settings: Settings, tmp_path: Path) -> Iterator[WorkerPool]:
-    workers = WorkerPool(settings, tmp_path)
-    workers.start(2)  # they boot while the web does
-    yield workers
-    workers.stop()
-
-
-@pytest.fixture
 def cron(settings: Settings, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
     """`labdesk scheduler`, which enqueues the sweeps every `sweep_interval` (15 s) on its own as well."""
     with (tmp_path / "scheduler.log").open("wb") as log:
