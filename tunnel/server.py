@@ -13,9 +13,11 @@ import json
 import logging
 import re
 import secrets
+from typing import Awaitable
 from urllib.parse import parse_qs, urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.exceptions import RedisError
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 from websockets.exceptions import ConnectionClosed
@@ -147,12 +149,12 @@ class TunnelServer:
             ended = await relay(ws, guacd, target.read_only)
             log.info("lab %s session on %s ended by %s: %s", target.lab_id, session.guacd, ended.by, ended.detail)
         finally:
-            await self.hosts.closed(address)
+            await _best_effort(self.hosts.closed(address), "the guacd load")
             if target.watch:
-                await self.live.unwatch(target.lab_id, watch_id)
+                await _best_effort(self.live.unwatch(target.lab_id, watch_id), "the watcher's end")
                 await asyncio.to_thread(access.audit, self.rt, target.lab_id, grant.user_id, "watch.end", "")
             else:
-                await self.live.release(session)
+                await _best_effort(self.live.release(session), "the live session's end")
             await ws.close()
 
     async def _every(self, seconds: float, action) -> None:  # type: ignore[no-untyped-def]
@@ -162,6 +164,16 @@ class TunnelServer:
             except Exception:  # a Redis or guacd hiccup must not end the loop
                 log.exception("tunnel background task failed")
             await asyncio.sleep(seconds)
+
+
+async def _best_effort(step: Awaitable[None], what: str) -> None:
+    """Bookkeeping in Redis as a session ends. Redis being down then must not turn the session's close into a
+    traceback with the browser's socket left open: each record it would update expires on its own (the
+    live-session TTL, the load record's three check intervals)."""
+    try:
+        await step
+    except (RedisError, OSError) as exc:
+        log.warning("tunnel: %s not recorded (%s); its record expires on its own", what, exc)
 
 
 def client_info(query: dict[str, list[str]], name: str) -> ClientInfo:
