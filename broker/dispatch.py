@@ -27,6 +27,8 @@ class JobRequest:
 
     `func` may be a dotted path ("lti.outbox.deliver"): the broker can then enqueue work of packages it
     must not import. `delay` (seconds, single enqueues only) holds the job back, e.g. for a back-off.
+    `at_front` puts the job before the queue's backlog: for work a learner watches a page wait for (a
+    "Check my work", seconds of work) that would otherwise queue behind a class's launch wave.
     """
 
     queue: str
@@ -34,6 +36,7 @@ class JobRequest:
     func: Callable[..., Any] | str
     args: tuple[Any, ...] = ()
     delay: int = 0
+    at_front: bool = False
 
 
 class Dispatcher(Protocol):
@@ -56,7 +59,7 @@ class RQDispatcher:
                 self._enqueue_later(request)
             else:
                 self._queue(request.queue).enqueue_call(
-                    request.func, args=request.args, **self._options(request), unique=True
+                    request.func, args=request.args, **self._options(request), at_front=request.at_front, unique=True
                 )
         except DuplicateJobError:
             return False
@@ -85,7 +88,7 @@ class RQDispatcher:
                 by_queue.setdefault(request.queue, []).append(request)
         with self.redis.pipeline() as pipe:
             for name, batch in by_queue.items():
-                data = [Queue.prepare_data(r.func, args=r.args, **self._options(r)) for r in batch]
+                data = [Queue.prepare_data(r.func, args=r.args, **self._options(r), at_front=r.at_front) for r in batch]
                 self._queue(name).enqueue_many(data, pipeline=pipe)
             pipe.execute()
 

@@ -99,11 +99,13 @@ def insert_once(
     return row.id, True
 
 
-def enqueue_or_delete(rt: Runtime, model: type[Any], row_id: int, queue: str, job_prefix: str, run: Callable[[int], str]) -> None:
-    """Queue `run(row_id)` as job `<job_prefix>-<row_id>` on `queue`; when Redis refuses, delete the row
-    (of `model`'s table) and raise ServiceUnavailable."""
+def enqueue_or_delete(
+    rt: Runtime, model: type[Any], row_id: int, queue: str, job_prefix: str, run: Callable[[int], str], at_front: bool = False
+) -> None:
+    """Queue `run(row_id)` as job `<job_prefix>-<row_id>` on `queue` (before its backlog if `at_front`);
+    when Redis refuses, delete the row (of `model`'s table) and raise ServiceUnavailable."""
     try:
-        rt.dispatcher.enqueue(JobRequest(queue, f"{job_prefix}-{row_id}", run, (row_id,)))
+        rt.dispatcher.enqueue(JobRequest(queue, f"{job_prefix}-{row_id}", run, (row_id,), at_front=at_front))
     except RedisError as exc:
         with rt.session() as session:  # nothing half-way: the learner can simply press again
             session.execute(model.__table__.delete().where(model.id == row_id))

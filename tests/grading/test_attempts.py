@@ -151,6 +151,18 @@ def test_start_check_refuses_with_clear_messages(rt: Runtime, graded: World, fak
     assert Queue(QUEUE, connection=rt.redis).count == 0
 
 
+def test_a_check_goes_before_a_launch_wave_already_queued_on_the_backend(rt: Runtime, graded: World, fake_dir: Path) -> None:
+    """bench/soak.py: 1,000 launches in 90 s kept each "Check my work" 161 s behind them (docs/load.md)."""
+    lab_id = running_lab(rt, graded, fake_dir)
+    wave = [services.launch(rt, add_learner(rt, f"arriving-{n}"), graded.activity_id, "test").id for n in range(3)]
+    queue = Queue(QUEUE, connection=rt.redis)
+    assert len(queue.job_ids) == len(wave)
+
+    attempt_id = attempts.start_check(rt, graded.user_id, lab_id)
+
+    assert queue.job_ids[0] == f"check-{attempt_id}" and len(queue.job_ids) == len(wave) + 1
+
+
 def test_one_attempt_at_a_time_per_lab(rt: Runtime, graded: World, fake_dir: Path) -> None:
     lab_id = running_lab(rt, graded, fake_dir)
     first = attempts.start_check(rt, graded.user_id, lab_id)
