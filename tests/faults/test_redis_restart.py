@@ -27,18 +27,17 @@ from redis import Redis
 from rq import Worker
 from sqlalchemy import select
 
-from broker import runtime, schedule
+from broker import schedule
 from broker.config import Settings
 from broker.lifecycle import LabState
 from broker.models import Activity, Lab, User
 from broker.runtime import Runtime
-from broker.testing.fake import reset_memory
 from tests.conftest import make_settings
 from tests.faults.restart_stack import (
     NOTHING_CHANGED, UNAVAILABLE, Page, Web, assert_no_orphans, assert_none_stuck, drive_to_running,
     gunicorn_webs, reasons, script_backend, signed_in,
 )
-from tests.support.private_services import PrivateRedis, restartable_redis  # noqa: F401  (a fixture)
+from tests.support.private_services import PrivateRedis, restartable_redis, runtime_on_the_settings_redis  # noqa: F401  (fixtures)
 from tests.support.processes import stop_process
 from tests.support.waiting import lab_row, wait_state, wait_until
 from tests.support.workers import ROOT, WorkerPool, settings_env
@@ -53,16 +52,6 @@ OUTAGE = 12.0  # seconds: past the labs' idle period (4 s), and past what redis-
 def settings(sqlite_db_url: str, tmp_path: Path, restartable_redis: PrivateRedis) -> Settings:
     return make_settings(sqlite_db_url, tmp_path, redis_url=restartable_redis.url(3), requested_deadline=30,
                          provisioning_deadline=30, leave_grace=1, orphan_grace=1)
-
-
-@pytest.fixture
-def rt(settings: Settings) -> Iterator[Runtime]:
-    instance = Runtime(settings)
-    runtime.install(instance)
-    reset_memory()
-    yield instance
-    runtime.install(None)
-    instance.close()
 
 
 @pytest.fixture

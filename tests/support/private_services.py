@@ -27,8 +27,10 @@ import pytest
 from redis import Redis
 from redis.exceptions import RedisError
 
-from broker import migrate
-from broker.config import load_settings
+from broker import migrate, runtime
+from broker.config import Settings, load_settings
+from broker.runtime import Runtime
+from broker.testing.fake import reset_memory
 from tests.support.http import free_port
 from tests.support.processes import stop_process
 
@@ -242,3 +244,15 @@ def restartable_postgres() -> Iterator[PrivatePostgres]:
     """A private PostgreSQL 15 cluster with a migrated database, which a test may restart."""
     with private_postgres() as server:
         yield server
+
+
+@pytest.fixture(name="rt")
+def runtime_on_the_settings_redis(settings: Settings) -> Iterator[Runtime]:
+    """The `rt` fixture for a test whose settings name a private Redis: a runtime that connects to it, rather
+    than the suite's shared client (tests/conftest.py). Import it into the module to use it."""
+    instance = Runtime(settings)
+    runtime.install(instance)
+    reset_memory()
+    yield instance
+    runtime.install(None)
+    instance.close()

@@ -13,15 +13,13 @@ from typing import Callable, Iterator
 
 import pytest
 
-from broker import runtime
 from broker.config import Settings
 from broker.runtime import Runtime
-from broker.testing.fake import reset_memory
 from broker.tunnel_tokens import Grant, TokenMinter
 from tests.conftest import make_settings
 from tests.support.guacd_double import GuacdDouble
 from tests.support.http import free_port
-from tests.support.private_services import PrivateRedis, restartable_redis  # noqa: F401  (a fixture)
+from tests.support.private_services import PrivateRedis, restartable_redis, runtime_on_the_settings_redis  # noqa: F401  (fixtures)
 from tests.support.tunnel import TunnelProcess
 from tests.support.tunnel_client import TunnelClient
 from tests.support.world import World, make_world
@@ -39,16 +37,6 @@ def guacd(start_guacd_double: Callable[..., GuacdDouble]) -> GuacdDouble:
 def settings(sqlite_db_url: str, tmp_path: Path, restartable_redis: PrivateRedis, guacd: GuacdDouble) -> Settings:
     return make_settings(sqlite_db_url, tmp_path, redis_url=restartable_redis.url(0),
                          guacd_hosts=(f"127.0.0.1:{guacd.address[1]}",), guacd_check_interval=1)
-
-
-@pytest.fixture
-def rt(settings: Settings) -> Iterator[Runtime]:
-    instance = Runtime(settings)
-    runtime.install(instance)
-    reset_memory()
-    yield instance
-    runtime.install(None)
-    instance.close()
 
 
 @pytest.fixture
