@@ -129,11 +129,16 @@ def reasons(rt: Runtime, lab_id: int) -> list[str]:
 
 
 def drive_to_running(rt: Runtime, lab_ids: list[int], timeout: float = 40) -> None:
-    """Run the deadline sweep as the cron would, until every lab runs (the sweep re-enqueues lost jobs)."""
+    """Run the deadline sweep as the cron would, until every lab has reached running (the sweep re-enqueues
+    lost jobs). Reached, not all running at once: a lab whose learner has no page open is suspended as idle
+    by the scheduler's sweep seconds after it runs, possibly before the last of the others runs."""
 
     def all_running() -> bool:
         schedule.expire_stuck(rt)
-        return all(lab_row(rt, lab_id).state == LabState.RUNNING.value for lab_id in lab_ids)
+        with rt.session() as session:
+            reached = set(session.scalars(select(LabEvent.lab_id).where(
+                LabEvent.lab_id.in_(lab_ids), LabEvent.to_state == LabState.RUNNING.value)))
+        return reached == set(lab_ids)
 
     wait_until(all_running, timeout=timeout, interval=0.5, what=f"labs {lab_ids} to run")
 
