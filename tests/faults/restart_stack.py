@@ -106,6 +106,10 @@ class Page(threading.Thread):
         self._done.set()
         self.join(timeout=10)
 
+    def answers_since(self, moment: float) -> list[tuple[float, int]]:
+        """(seconds after `moment`, status) of each answer since: what a failure message shows."""
+        return [(round(at - moment, 2), status) for at, status, _ in self.answers if at >= moment]
+
     def refused_span(self) -> tuple[float, float] | None:
         """The monotonic times of the first refused keepalive and of the first accepted one after it."""
         refused = [at for at, status, _ in self.answers if status != 204]

@@ -77,10 +77,14 @@ def health_check(settings: Settings, what: str) -> subprocess.CompletedProcess[s
 
 
 def short_idle(rt: Runtime, world: World) -> None:
-    """Idle after 4 s; the page says it is there every second (30 s in production), scaled down alike."""
+    """Idle after 4 s; the page says it is there every 0.25 s (`Page`), well within its declared 3-s keepalive
+    interval (30 s in production). The declared interval sets the hold after a restart (two of them: 6 s).
+    It was 1 s (a 2-s hold), and on a loaded CI machine the test's own steps between the restart and Ada's
+    next keepalive took longer than that, so the scheduler's sweep suspended her lab: the production
+    margin is a whole keepalive interval, which the scaled-down test must keep too."""
     with rt.session() as session:
         activity = session.get(Activity, world.activity_id)
-        activity.idle_suspend_after, activity.keepalive_interval = 4, 1
+        activity.idle_suspend_after, activity.keepalive_interval = 4, 3
         session.commit()
 
 
@@ -147,7 +151,7 @@ def test_an_empty_redis_after_a_restart_loses_no_lab_and_suspends_no_learner_who
                interval=0.5, what="Bob's lab to be suspended once the hold is over")
     wait_state(rt, running[bob], S.SUSPENDED, timeout=20)
     assert schedule.suspend_idle(rt) == 0
-    assert lab_row(rt, running[ada]).state == "running"
+    assert lab_row(rt, running[ada]).state == "running", f"Ada's keepalives after the restart: {pages[ada].answers_since(up_at)}"
     assert "learner idle" not in reasons(rt, running[ada])
     for page in pages.values():
         page.close()
