@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from rq import Retry, get_current_job
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from broker import backend_ops, endpoints, gpu_queue, gpus, runtime
@@ -25,6 +26,7 @@ from broker.models import Lab
 log = logging.getLogger(__name__)
 S = LabState
 POLL_FOREVER = 1_000_000  # the deadline sweep, not rq, bounds how long a lab may stay in progress
+DATABASE_RETRY_CAP = 30  # seconds between runs of a job while the database does not answer
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,30 @@ def advance_lab(lab_id: int, state: str, recoveries: int = 0) -> Retry | None:
     A stale job does nothing: the lab has moved on, or the deadline sweep has since recovered it
     (`recoveries` changed) and handed it to a newer job.
     """
+    try:
+        return _advance_lab(lab_id, state, recoveries)
+    except OperationalError as exc:
+        return _after_database_fault(lab_id, exc)
+
+
+def _after_database_fault(lab_id: int, exc: OperationalError) -> Retry:
+    """The database went away mid-job (a restart cuts every connection): run the job again soon.
+
+    Without this the lab waited for its state's deadline (up to 15 minutes) after a restart of a few
+    seconds. Running again is what the deadline sweep would do, only sooner: the lab row is read afresh,
+    and a backend call not yet recorded is made again, which the connector contract makes harmless.
+    The deadline sweep still bounds an outage that lasts.
+    """
+    job = get_current_job()
+    faults = int(job.meta.get("database_faults", 0)) + 1 if job else 1
+    if job:
+        job.meta["database_faults"] = faults
+        job.save_meta()
+    log.warning("lab %s: the database failed mid-job, running it again (attempt %s): %s", lab_id, faults, exc.orig)
+    return Retry(max=POLL_FOREVER, interval=min(2**faults, DATABASE_RETRY_CAP))
+
+
+def _advance_lab(lab_id: int, state: str, recoveries: int) -> Retry | None:
     rt = runtime.current()
     with rt.session() as session:
         lab = session.get(Lab, lab_id)
