@@ -289,6 +289,26 @@ def test_the_desktop_appears_after_the_progress_takes_keys_and_survives_a_droppe
     assert lab_state(rt, lab_id) == "running"
 
 
+def test_a_desktop_that_never_shows_a_frame_is_dropped_and_the_page_reconnects(
+    rt: Runtime, stack: LiveServer, guacd: GuacdDouble, page: "Page"
+) -> None:
+    """guacd 1.6.0 sometimes answers the handshake and then says nothing (a lab VNC server it cannot reach).
+    The page sends guacd nothing before a first frame, so guacd drops it after its 15-s silence rule; the
+    tunnel answers the browser's pings, so only that rule ends the session. The page must then reconnect
+    on its own and show the desktop."""
+    guacd.silent_sessions = 1
+    lab_id = open_lab(page, stack.url)
+    silent = session(guacd, 0)
+    page.get_by_role("alert").filter(has_text="Connection lost").wait_for(timeout=30000)
+    assert silent.dropped_for_silence
+
+    session(guacd, 1, timeout=20)
+    wait_for_colour(page, RED)
+    assert desktop_connections(page) == 1
+    assert page.locator("#reconnect").is_hidden()
+    assert lab_state(rt, lab_id) == "running"
+
+
 def test_reset_lab_asks_first_then_opens_a_fresh_lab(
     rt: Runtime, stack: LiveServer, guacd: GuacdDouble, page: "Page"
 ) -> None:

@@ -85,16 +85,27 @@ def test_a_real_desktop_streams_through_guacd_and_the_tunnel(settings: Settings,
 
 
 def test_the_handshake_with_real_guacd_and_its_error_for_a_missing_server() -> None:
-    async def scenario() -> list[str]:
+    """guacd 1.6.0 answers the handshake, then ends a session to a VNC server it cannot reach. How varies from
+    run to run on a slow VM: `error` 519 and `disconnect`; `disconnect` alone; or nothing until its 15-s rule
+    drops the silent client with `error` 776 (sometimes after a 519 and a `nop`). Always an end, never a
+    frame from a server that is not there."""
+
+    async def scenario() -> list[tuple[str, list[str]]]:
         params = {"hostname": "127.0.0.1", "port": str(free_port())}
         connection = await connect(parse_address(GUACD), "vnc", params, ClientInfo(timezone="UTC", name="test"))
         assert connection.version == "VERSION_1_5_0" and connection.connection_id.startswith("$")
-        seen = await answer_syncs(connection, 2)
+        seen: list[tuple[str, list[str]]] = []
+        for _ in range(25):  # guacd does not close the socket after `disconnect`: read until it comes
+            seen += [(i.opcode, list(i.args)) for i in await answer_syncs(connection, 1)]
+            if any(opcode == "disconnect" for opcode, _ in seen):
+                break
         await connection.close()
-        return [opcode for opcode, *_ in ((i.opcode,) for i in seen)]
+        return seen
 
-    ended = {"error", "disconnect"} & set(asyncio.run(scenario()))
-    assert ended, "guacd ends the session to a VNC server it cannot reach (with `error`, or only `disconnect`)"
+    seen = asyncio.run(scenario())
+    assert any(opcode == "disconnect" for opcode, _ in seen), seen
+    assert {opcode for opcode, _ in seen} <= {"error", "disconnect", "sync", "nop"}, seen
+    assert {args[1] for opcode, args in seen if opcode == "error"} <= {"519", "776"}, seen  # upstream not found; client timeout
 
 
 def test_real_guacd_refuses_an_unknown_protocol() -> None:
