@@ -150,7 +150,7 @@ def test_an_empty_redis_after_a_restart_loses_no_lab_and_suspends_no_learner_who
     wait_until(lambda: schedule.suspend_idle(rt) >= 1 or lab_row(rt, running[bob]).state != "running", timeout=20,
                interval=0.5, what="Bob's lab to be suspended once the hold is over")
     wait_state(rt, running[bob], S.SUSPENDED, timeout=20)
-    assert schedule.suspend_idle(rt) == 0
+    schedule.suspend_idle(rt)  # one more sweep: the labs nobody has open (Cy's, Dee's …) may go as idle; Ada's must not
     assert lab_row(rt, running[ada]).state == "running", f"Ada's keepalives after the restart: {pages[ada].answers_since(up_at)}"
     assert "learner idle" not in reasons(rt, running[ada])
     for page in pages.values():
